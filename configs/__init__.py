@@ -1,0 +1,1 @@
+"""Packaged build configurations (YAML, validated by matteforge.config.BuildConfig)."""

@@ -1,0 +1,53 @@
+"""Index the background pool: decode each once, hash it, drop duplicates, copy it into bg/.
+
+Backgrounds are validated up front so a corrupt one becomes a row in the backgrounds table
+instead of a failure inside every composite that would have used it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from matteforge.flows.shard import BackgroundRef
+from matteforge.tasks.ingest import decode_image
+from matteforge.tasks.storage import Location, read_bytes, redact_uri, write_bytes_atomic
+
+_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def index_backgrounds(
+    paths: list[str], src: Location, out: Location, *, copy: bool, max_pixels: int,
+    max_bytes: int, min_side: int = 1,
+) -> tuple[list[dict[str, Any]], list[BackgroundRef]]:
+    """Rows for the backgrounds table, and the usable backgrounds in a stable order."""
+    rows: list[dict[str, Any]] = []
+    refs: dict[str, BackgroundRef] = {}
+    for path in paths:
+        uri = redact_uri(src.url(path))
+        try:
+            data = read_bytes(src, path, max_bytes=max_bytes)
+        except Exception as exc:
+            rows.append({"bg_id": "", "source_uri": uri, "status": "failed",
+                         "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"})
+            continue
+        decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side)
+        row: dict[str, Any] = {
+            "bg_id": decoded.sample_id, "source_uri": uri,
+            "content_sha256": decoded.content_sha256, "source_bytes": decoded.n_bytes,
+            "status": decoded.status, "reason": decoded.reason, "detail": decoded.detail,
+            "width": decoded.width or None, "height": decoded.height or None,
+        }
+        if decoded.status == "ok" and decoded.sample_id in refs:
+            row["status"], row["reason"] = "duplicate", "duplicate"
+            row["detail"] = f"same bytes as {refs[decoded.sample_id].bg_uri}"
+        elif decoded.status == "ok":
+            bg_uri = uri
+            if copy:
+                suffix = _SUFFIX.get(decoded.source_format, posixpath.splitext(path)[1].lower())
+                bg_uri = f"bg/{decoded.sample_id}{suffix}"
+                write_bytes_atomic(out, out.path(bg_uri), data)
+            row["bg_uri"] = bg_uri
+            refs[decoded.sample_id] = BackgroundRef(decoded.sample_id, path, bg_uri)
+        rows.append(row)
+    return rows, [refs[k] for k in sorted(refs)]

@@ -1,0 +1,215 @@
+"""The build flow: list inputs, index backgrounds, process shards on Dask, write dataset.json.
+
+This file is the only place that knows the order of the build.  Image work happens inside
+``process-shard`` tasks (see :mod:`matteforge.flows.shard`), one per shard, on a
+``DaskTaskRunner``: a LocalCluster by default, or an existing scheduler by address.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from matteforge import __version__
+from matteforge.config import BuildConfig, RunConfig, load_config
+from matteforge.flows.backgrounds import index_backgrounds
+from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
+from matteforge.tasks import manifest
+from matteforge.tasks.ingest import content_hash
+from matteforge.tasks.segment import load_segmenter
+from matteforge.tasks.storage import Location, list_files, locate, redact_uri, write_bytes_atomic
+
+_VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy",
+              "opencv-python-headless", "scikit-learn", "scipy", "pymatting", "pyarrow", "pillow")
+
+
+def make_task_runner(run: RunConfig) -> DaskTaskRunner:
+    """An existing scheduler when an address is given, else a LocalCluster of processes."""
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
+    kwargs: dict[str, Any] = {"threads_per_worker": run.threads_per_worker, "processes": True,
+                              "dashboard_address": None}
+    if run.n_workers is not None:
+        kwargs["n_workers"] = run.n_workers
+    return DaskTaskRunner(cluster_kwargs=kwargs)
+
+
+@task(name="process-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def process_shard(
+    shard: int, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
+    backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
+) -> ShardSummary:
+    return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
+
+
+@task(name="index-backgrounds", cache_policy=NONE)
+def index_backgrounds_task(
+    backgrounds_uri: str, output_uri: str, cfg: BuildConfig
+) -> list[BackgroundRef]:
+    src, out = locate(backgrounds_uri), locate(output_uri)
+    paths = list_files(src, cfg.ingest.extensions)
+    rows, refs = index_backgrounds(
+        paths, src, out, copy=cfg.composite.copy_backgrounds,
+        max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes)
+    manifest.write_table(out, "backgrounds", manifest.shard_name(0), rows)
+    get_run_logger().info("backgrounds: %d usable of %d listed", len(refs), len(paths))
+    return refs
+
+
+def _progress_line(done: int, total: int, images: int, n_images: int, counts: dict[str, int],
+                   started: float) -> str:
+    rate = images / max(time.perf_counter() - started, 1e-9)
+    parts = " · ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"shards {done}/{total} · images {images}/{n_images} · {rate:.2f} img/s · {parts}"
+
+
+@flow(name="process-shards")
+def process_shards(
+    shards: list[list[str]], cfg_data: dict[str, Any], input_uri: str, backgrounds_uri: str,
+    bg_refs: list[BackgroundRef], output_uri: str,
+) -> list[ShardSummary]:
+    """Fan shards out to Dask and report progress as each one lands."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    futures = [
+        process_shard.submit(i, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
+        for i, uris in enumerate(shards)
+    ]
+    n_images = sum(len(s) for s in shards)
+    summaries: list[ShardSummary] = []
+    counts: dict[str, int] = {}
+    for future in as_completed(futures):
+        summary: ShardSummary = future.result()
+        summaries.append(summary)
+        for status, n in summary.counts.items():
+            counts[status] = counts.get(status, 0) + n
+        images = sum(counts.values())
+        logger.info(_progress_line(len(summaries), len(shards), images, n_images, counts, started))
+    return sorted(summaries, key=lambda s: s.shard)
+
+
+def _versions() -> dict[str, str]:
+    found = {"matteforge": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def summarize(summaries: list[ShardSummary], seconds: float) -> dict[str, Any]:
+    """Counts, reasons and per-stage seconds per megapixel over all shards."""
+    counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    stage: dict[str, float] = {}
+    for s in summaries:
+        for src, dst in ((s.counts, counts), (s.reasons, reasons)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+        for k, v in s.stage_seconds.items():
+            stage[k] = stage.get(k, 0.0) + v
+    megapixels = sum(s.megapixels for s in summaries)
+    images = sum(counts.values())
+    return {
+        "samples": images, "by_status": dict(sorted(counts.items())),
+        "by_reason": dict(sorted(reasons.items())),
+        "composites": sum(s.composites for s in summaries),
+        "megapixels": round(megapixels, 4), "seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 4) if seconds > 0 else None,
+        "stage_seconds_per_megapixel": {
+            k: round(v / megapixels, 4) for k, v in sorted(stage.items()) if megapixels > 0
+        },
+    }
+
+
+def _manifest_checksums(out: Location) -> dict[str, str]:
+    sums = {}
+    for table in manifest.TABLES:
+        folder = out.path("manifest", table)
+        if not out.fs.exists(folder):
+            continue
+        for path in sorted(out.fs.ls(folder, detail=False)):
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("shard-"):
+                with out.fs.open(path, "rb") as fh:
+                    sums[f"manifest/{table}/{name}"] = content_hash(fh.read())
+    return sums
+
+
+def _shards(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _clear_previous(out: Location) -> None:
+    """A new build replaces an old one's manifest (incremental mode is not built yet)."""
+    for rel in ("manifest", "dataset.json"):
+        if out.fs.exists(out.path(rel)):
+            out.fs.rm(out.path(rel), recursive=True)
+
+
+@flow(name="build-dataset", log_prints=True)
+def build_dataset(
+    config: str | dict[str, Any] | None = None,
+    input: str | None = None,
+    backgrounds: str | None = None,
+    output: str | None = None,
+    dask_address: str | None = None,
+    n_workers: int | None = None,
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
+
+    ``config`` is a YAML path, a packaged config name (``demo``) or a dict; the other
+    parameters override it.  Returns the summary also written to ``dataset.json``.
+    """
+    started = time.perf_counter()
+    overrides = {"input": input, "backgrounds": backgrounds, "output": output,
+                 "run.dask_address": dask_address, "run.n_workers": n_workers,
+                 "run.shard_size": shard_size}
+    cfg = load_config(config, **overrides)
+    missing = [k for k in ("input", "backgrounds", "output") if getattr(cfg, k) is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}: give them in the config or as flags")
+    assert cfg.input and cfg.backgrounds and cfg.output
+    logger = get_run_logger()
+    seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    out = locate(cfg.output)
+    _clear_previous(out)
+    inputs = list_files(locate(cfg.input), cfg.ingest.extensions)
+    logger.info("%d input files, shards of %d", len(inputs), cfg.run.shard_size)
+    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg)
+    if not bg_refs:
+        logger.warning("no usable backgrounds: samples are processed but get no composites")
+    runner = make_task_runner(cfg.run)
+    summaries = process_shards.with_options(task_runner=runner)(
+        _shards(inputs, cfg.run.shard_size), cfg.model_dump(mode="json"), cfg.input,
+        cfg.backgrounds, bg_refs, cfg.output,
+    )
+    summary = summarize(summaries, time.perf_counter() - started)
+    summary["backgrounds_usable"] = len(bg_refs)
+    dataset = {
+        "name": cfg.name,
+        "schema_version": manifest.SCHEMA_VERSION,
+        "config_hash": cfg.config_hash(),
+        "config": cfg.model_dump(mode="json", exclude={"input", "backgrounds", "output"}),
+        "sources": {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
+        "model": {"id": seg.model_id, "sha256": seg.weights_sha256, "license": seg.license},
+        "versions": _versions(),
+        "counts": summary,
+        "checksums": _manifest_checksums(out),
+    }
+    write_bytes_atomic(out, out.path("dataset.json"),
+                       json.dumps(dataset, indent=2, sort_keys=True).encode())
+    logger.info("done: %s", json.dumps({k: summary[k] for k in
+                                         ("samples", "by_status", "composites", "seconds")}))
+    return summary
+

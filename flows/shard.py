@@ -1,0 +1,285 @@
+"""The per-sample order of stages, run for a whole shard inside one Prefect task.
+
+A Prefect task per image costs ~145 ms of engine overhead on Dask, so the unit of work is a
+shard.  This module is orchestration only: it calls each stage's pure function, times it, turns
+any failure into a row, and writes the files and then the shard's manifest (the commit).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from matteforge.config import BuildConfig
+from matteforge.tasks import composite as comp
+from matteforge.tasks import manifest, trimap
+from matteforge.tasks.alpha import knn_alpha_with_info
+from matteforge.tasks.codec import encode, to_uint8
+from matteforge.tasks.foreground import estimate_foreground
+from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
+from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, load_segmenter
+from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
+
+TRIMAP_DIR = "trimaps"  # Composition-1K's folder name
+
+
+@dataclass(frozen=True)
+class BackgroundRef:
+    bg_id: str
+    source_path: str  # path on the backgrounds location
+    bg_uri: str  # as recorded in the manifest
+
+
+@dataclass
+class ShardSummary:
+    shard: int
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    composites: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class BackgroundCache:
+    """Decoded backgrounds, least-recently-used first out: a shard reuses a bounded set."""
+
+    def __init__(self, loc: Location, refs: list[BackgroundRef], capacity: int = 16) -> None:
+        self._loc = loc
+        self._refs = {r.bg_id: r for r in refs}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._capacity = capacity
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._refs)
+
+    def ref(self, bg_id: str) -> BackgroundRef:
+        return self._refs[bg_id]
+
+    def get(self, bg_id: str) -> np.ndarray:
+        if bg_id in self._cache:
+            self._cache.move_to_end(bg_id)
+            return self._cache[bg_id]
+        decoded = decode_image(read_bytes(self._loc, self._refs[bg_id].source_path))
+        if decoded.image is None:
+            raise ValueError(f"background {bg_id} no longer decodes: {decoded.detail}")
+        self._cache[bg_id] = decoded.image
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return decoded.image
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(manifest.STAGES, 0.0)
+        self.stage = ""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.stage = stage
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+def _base_row(uri: str, ingest: IngestResult, cfg: BuildConfig, seg: Segmenter) -> dict[str, Any]:
+    return {
+        "sample_id": ingest.sample_id if ingest.content_sha256 else "",
+        "source_uri": redact_uri(uri),
+        "content_sha256": ingest.content_sha256,
+        "source_bytes": ingest.n_bytes,
+        "source_format": ingest.source_format,
+        "status": ingest.status,
+        "reason": ingest.reason,
+        "detail": ingest.detail,
+        "notes": ",".join(ingest.notes),
+        "width": ingest.width or None,
+        "height": ingest.height or None,
+        "model_id": seg.model_id,
+        "model_sha256": seg.weights_sha256,
+        "config_hash": cfg.config_hash(),
+        "n_composites": 0,
+    }
+
+
+def _put(out: Location, rel: str, data: bytes, row: dict[str, Any], kind: str) -> None:
+    write_bytes_atomic(out, out.path(rel), data)
+    row[f"{kind}_uri"] = rel
+    row[f"{kind}_sha256"] = content_hash(data)
+    row[f"{kind}_bytes"] = len(data)
+
+
+def process_sample(
+    uri: str,
+    data: bytes,
+    cfg: BuildConfig,
+    seg: Segmenter,
+    backgrounds: BackgroundCache,
+    out: Location,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One portrait through every stage; never raises for bad input or a failing stage."""
+    timer = _Timer()
+    with timer("ingest"):
+        ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
+                              min_side=cfg.ingest.min_side)
+    row = _base_row(uri, ingest, cfg, seg)
+    composites: list[dict[str, Any]] = []
+    if ingest.image is not None:
+        try:
+            _run_stages(ingest.image, row, composites, cfg, seg, backgrounds, out, timer)
+        except Exception as exc:  # a stage bug must cost one row, not the build
+            row["status"], row["reason"] = "failed", f"{timer.stage}_error"
+            row["detail"] = f"{type(exc).__name__}: {exc}"[:2000]
+            composites = []
+            for kind in manifest.ARTIFACTS:
+                row.pop(f"{kind}_uri", None)
+    for stage, secs in timer.seconds.items():
+        row[f"seconds_{stage}"] = secs
+    return row, composites
+
+
+def _run_stages(
+    image: np.ndarray,
+    row: dict[str, Any],
+    composites: list[dict[str, Any]],
+    cfg: BuildConfig,
+    seg: Segmenter,
+    backgrounds: BackgroundCache,
+    out: Location,
+    timer: _Timer,
+) -> None:
+    sid = row["sample_id"]
+    height, width = image.shape[:2]
+    with timer("segment"):
+        result = seg.predict(image)
+    row["presence"] = result.presence
+    threshold = cfg.segment.presence_threshold
+    if not is_person(result, PRESENCE_THRESHOLD if threshold is None else threshold):
+        row["status"], row["reason"] = "rejected", "no_person"
+        row["detail"] = "person-presence " + ", ".join(
+            f"{k}={v:.3f}" for k, v in sorted(result.evidence.items())
+        )
+        return
+    with timer("trimap"):
+        half = trimap.band_width(height, width, fixed=cfg.trimap.width,
+                                 fraction=cfg.trimap.width_fraction, minimum=cfg.trimap.min_width)
+        tri = trimap.make_trimap(result.probability, threshold=cfg.trimap.threshold,
+                                 kernel_shape=cfg.trimap.kernel_shape, half_width=half)
+        mask = trimap.binarize(result.probability, cfg.trimap.threshold)
+    row["trimap_half_width"] = half
+    row["unknown_fraction"] = trimap.unknown_fraction(tri)
+    with timer("alpha"):
+        a = cfg.alpha
+        alpha, info = knn_alpha_with_info(
+            image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
+            constraint_weight=a.constraint_weight, prior=result.probability,
+            prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter)
+        alpha8 = to_uint8(alpha)
+    row["alpha_iterations"], row["alpha_residual"] = info.iterations, info.residual
+    with timer("foreground"):
+        fg = estimate_foreground(image, alpha8)
+    with timer("write"):
+        for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
+                                    ("trimap", TRIMAP_DIR, tri), ("alpha", "alpha", alpha8),
+                                    ("fg", "fg", fg)):
+            _put(out, f"{folder}/{sid}.png", encode(array), row, kind)
+    with timer("composite"):
+        composites.extend(_make_composites(sid, fg, alpha8, row, cfg, backgrounds, out))
+    row["n_composites"] = len(composites)
+    row["status"], row["reason"] = "ok", ""
+
+
+def _make_composites(
+    sid: str, fg: np.ndarray, alpha8: np.ndarray, row: dict[str, Any], cfg: BuildConfig,
+    backgrounds: BackgroundCache, out: Location,
+) -> list[dict[str, Any]]:
+    c = cfg.composite
+    split = comp.split_for(sid, cfg.seed, c.test_fraction)
+    row["split"] = split
+    count = c.per_foreground_test if split == "test" else c.per_foreground_train
+    height, width = alpha8.shape
+    rows = []
+    for index, bg_id in enumerate(comp.assign_backgrounds(sid, backgrounds.ids, count, cfg.seed)):
+        bg = comp.fit_background(backgrounds.get(bg_id), height, width)
+        merged = encode(comp.composite(fg, alpha8, bg, c.mode), c.format, c.jpeg_quality)
+        rel = f"merged/{sid}_{bg_id}.{c.format}"
+        write_bytes_atomic(out, out.path(rel), merged)
+        rows.append({
+            "composite_id": f"{sid}_{bg_id}", "sample_id": sid, "bg_id": bg_id, "index": index,
+            "split": split, "merged_uri": rel, "merged_sha256": content_hash(merged),
+            "merged_bytes": len(merged), "bg_uri": backgrounds.ref(bg_id).bg_uri,
+            "fg_uri": row["fg_uri"], "alpha_uri": row["alpha_uri"], "mode": c.mode,
+            "width": width, "height": height, "config_hash": row["config_hash"],
+        })
+    return rows
+
+
+def _configure_threads(n: int) -> None:
+    """One torch/BLAS thread per Dask worker thread: oversubscribing 2 cores costs 2-3x."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def run_shard(
+    shard: int,
+    uris: list[str],
+    cfg_data: dict[str, Any],
+    input_uri: str,
+    backgrounds_uri: str,
+    bg_refs: list[BackgroundRef],
+    output_uri: str,
+    storage_options: dict[str, Any] | None = None,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+) -> ShardSummary:
+    """Process every input of one shard, then commit its manifest files (composites first)."""
+    start = time.perf_counter()
+    cfg = BuildConfig.model_validate(cfg_data)
+    _configure_threads(cfg.run.torch_threads)
+    src, bgs, out = (locate(u, storage_options) for u in (input_uri, backgrounds_uri, output_uri))
+    seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    cache = BackgroundCache(bgs, bg_refs)
+    samples, composites = [], []
+    summary = ShardSummary(shard=shard)
+    for uri in uris:
+        try:
+            data = read_bytes(src, uri, max_bytes=cfg.ingest.max_bytes)
+        except Exception as exc:  # unreadable: record it, keep going
+            row = {"source_uri": redact_uri(src.url(uri)), "status": "failed",
+                   "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"[:2000],
+                   "config_hash": cfg.config_hash(), "model_id": seg.model_id,
+                   "model_sha256": seg.weights_sha256, "sample_id": "", "n_composites": 0}
+            rows: tuple[dict[str, Any], list[dict[str, Any]]] = (row, [])
+        else:
+            rows = process_sample(src.url(uri), data, cfg, seg, cache, out)
+        samples.append(rows[0])
+        composites.extend(rows[1])
+        if on_sample is not None:
+            on_sample(rows[0])
+    name = manifest.shard_name(shard)
+    manifest.write_table(out, "composites", name, composites)
+    manifest.write_table(out, "samples", name, samples)
+    for row in samples:
+        summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+        if row["reason"]:
+            summary.reasons[row["reason"]] = summary.reasons.get(row["reason"], 0) + 1
+        if row.get("width") and row.get("height"):
+            summary.megapixels += row["width"] * row["height"] / 1e6
+        for stage in manifest.STAGES:
+            key = f"seconds_{stage}"
+            summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + row.get(key, 0.0)
+    summary.composites = len(composites)
+    summary.seconds = time.perf_counter() - start
+    return summary

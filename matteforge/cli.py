@@ -1,0 +1,218 @@
+"""``matteforge``: the build, the demo, and each stage alone on single files.
+
+Stage commands exist for debugging and benchmarking one image at a time; they call the same pure
+functions the build uses.  Any failure ends in one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    from matteforge.tasks.ingest import decode_image
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    result = decode_image(data)
+    if result.image is None:
+        raise CliError(f"{path}: {result.reason}: {result.detail}")
+    return result.image
+
+
+def _read_gray(path: str) -> np.ndarray:
+    """Mask, trimap or alpha file as HxW uint8 (RGB files are reduced to their first channel)."""
+    image = _read_rgb(path)
+    return np.ascontiguousarray(image[:, :, 0])
+
+
+def _write(path: str, image: np.ndarray) -> None:
+    from matteforge.tasks.codec import encode
+
+    fmt = "jpg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(encode(image, fmt))
+
+
+def _same_size(name: str, array: np.ndarray, ref: np.ndarray, ref_name: str) -> None:
+    if array.shape[:2] != ref.shape[:2]:
+        raise CliError(f"{name} is {array.shape[1]}x{array.shape[0]} but {ref_name} is "
+                       f"{ref.shape[1]}x{ref.shape[0]}")
+
+
+def cmd_mask(args: argparse.Namespace) -> None:
+    from matteforge.tasks.codec import to_uint8
+    from matteforge.tasks.segment import is_person, load_segmenter
+    from matteforge.tasks.trimap import binarize
+
+    image = _read_rgb(args.image)
+    result = load_segmenter(args.model, weights_path=args.weights).predict(image)
+    _write(args.out, binarize(result.probability, args.threshold))
+    if args.prob:
+        _write(args.prob, to_uint8(result.probability))
+    verdict = "person" if is_person(result) else "no person"
+    print(f"{args.out}: presence {result.presence:.3f} ({verdict})")
+
+
+def cmd_trimap(args: argparse.Namespace) -> None:
+    from matteforge.tasks.trimap import band_width, make_trimap
+
+    mask = _read_gray(args.mask)
+    half = band_width(*mask.shape, fixed=args.width, fraction=args.width_fraction)
+    _write(args.out, make_trimap(mask, threshold=args.threshold, kernel_shape=args.shape,
+                                 half_width=half))
+
+
+def cmd_alpha(args: argparse.Namespace) -> None:
+    from matteforge.tasks.alpha import knn_alpha_with_info
+    from matteforge.tasks.codec import to_uint8
+
+    image, tri = _read_rgb(args.image), _read_gray(args.trimap)
+    _same_size("trimap", tri, image, "image")
+    alpha, info = knn_alpha_with_info(image, tri, n_neighbors=args.neighbors)
+    _write(args.out, to_uint8(alpha))
+    print(f"{args.out}: {info.n_unknown} unknown px, {info.iterations} iterations, "
+          f"{info.seconds_graph + info.seconds_solve:.2f} s")
+
+
+def cmd_foreground(args: argparse.Namespace) -> None:
+    from matteforge.tasks.foreground import estimate_foreground
+
+    image, alpha = _read_rgb(args.image), _read_gray(args.alpha)
+    _same_size("alpha", alpha, image, "image")
+    _write(args.out, estimate_foreground(image, alpha))
+
+
+def cmd_composite(args: argparse.Namespace) -> None:
+    from matteforge.tasks.composite import composite, fit_background
+
+    fg, alpha, bg = _read_rgb(args.fg), _read_gray(args.alpha), _read_rgb(args.bg)
+    _same_size("alpha", alpha, fg, "foreground")
+    fitted = fit_background(bg, *alpha.shape)
+    _write(args.out, composite(fg, alpha, fitted, args.mode))
+
+
+def _run_build(**params: Any) -> dict[str, Any]:
+    from matteforge.flows.build import build_dataset
+    from matteforge.prefect_env import prefect_api
+
+    with prefect_api():
+        return build_dataset(**params)
+
+
+def _print_summary(summary: dict[str, Any], output: str) -> None:
+    print(f"\ndataset written to {output}")
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    summary = _run_build(config=args.config, input=args.input, backgrounds=args.backgrounds,
+                         output=args.output, dask_address=args.dask_address,
+                         n_workers=args.workers, shard_size=args.shard_size)
+    _print_summary(summary, args.output or "(output from config)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from matteforge.demo import prepare_demo_data
+
+    portraits, backgrounds = prepare_demo_data(Path(args.data))
+    summary = _run_build(config="demo", input=str(portraits), backgrounds=str(backgrounds),
+                         output=args.output, n_workers=args.workers)
+    _print_summary(summary, args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matteforge", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="turn a folder or bucket of portraits into a dataset")
+    p.add_argument("--config", default="demo", help="YAML file or packaged name (demo, comp1k)")
+    p.add_argument("--input", help="folder or fsspec URI of portraits")
+    p.add_argument("--backgrounds", help="folder or fsspec URI of backgrounds")
+    p.add_argument("--output", help="dataset root (folder or fsspec URI)")
+    p.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    p.add_argument("--shard-size", type=int, help="images per Prefect task")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("demo", help="build the demo dataset from scikit-image's bundled photos")
+    p.add_argument("--data", default="demo-data", help="where the demo inputs are copied")
+    p.add_argument("--output", default="demo-output", help="dataset root")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("mask", help="person mask of one image")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="binary mask PNG (0/255)")
+    p.add_argument("--prob", help="also write the probability map as 8-bit PNG")
+    p.add_argument("--model", default="mediapipe-selfie")
+    p.add_argument("--weights", help="own copy of the model weights")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("trimap", help="0/128/255 trimap from a mask or probability PNG")
+    p.add_argument("mask")
+    p.add_argument("--out", required=True)
+    p.add_argument("--width", type=int, help="band half-width in px (default: scaled to size)")
+    p.add_argument("--width-fraction", type=float, default=0.01)
+    p.add_argument("--shape", choices=["ellipse", "rect", "cross"], default="ellipse")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=cmd_trimap)
+
+    p = sub.add_parser("alpha", help="KNN-matting alpha from an image and a trimap")
+    p.add_argument("image")
+    p.add_argument("trimap")
+    p.add_argument("--out", required=True)
+    p.add_argument("--neighbors", type=int, default=10)
+    p.set_defaults(func=cmd_alpha)
+
+    p = sub.add_parser("foreground", help="estimate the foreground colours from image + alpha")
+    p.add_argument("image")
+    p.add_argument("alpha")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_foreground)
+
+    p = sub.add_parser("composite", help="Composition-1K composite of fg + alpha onto bg")
+    p.add_argument("fg")
+    p.add_argument("alpha")
+    p.add_argument("bg")
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", choices=["exact", "float"], default="exact")
+    p.set_defaults(func=cmd_composite)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"matteforge: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # one line for the user; MATTEFORGE_DEBUG=1 for the traceback
+        if os.environ.get("MATTEFORGE_DEBUG"):
+            raise
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        print(f"matteforge: error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(exc, (OSError, ValueError, TypeError)) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

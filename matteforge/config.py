@@ -1,0 +1,150 @@
+"""The one validated place for build configuration.
+
+A build is described by a YAML file (``configs/*.yaml``) validated by :class:`BuildConfig`;
+CLI flags override single fields.  The config hash recorded in every manifest row is computed
+from the fields that change what a sample's outputs look like, so two builds with the same hash
+are interchangeable per sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(_Section):
+    max_pixels: int = Field(40_000_000, gt=0, description="Larger decoded images are rejected.")
+    max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Larger files are rejected.")
+    min_side: int = Field(32, ge=1, description="Images with a shorter side are rejected.")
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"],
+        description="Files listed from an input folder; other files are ignored.",
+    )
+
+
+class SegmentConfig(_Section):
+    model: str = "mediapipe-selfie"
+    weights_path: str | None = Field(None, description="Own copy of the weights (sha256-checked).")
+    presence_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Presence cut; None = model default."
+    )
+
+
+class TrimapConfig(_Section):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability that counts as person.")
+    kernel_shape: Literal["ellipse", "rect", "cross"] = "ellipse"
+    width: int | None = Field(
+        None, ge=1, description="Band half-width in px; None = scaled."
+    )
+    width_fraction: float = Field(0.01, gt=0.0, lt=0.5, description="Of the longer image side.")
+    min_width: int = Field(3, ge=1)
+
+
+class AlphaConfig(_Section):
+    n_neighbors: int = Field(10, ge=2, le=64)
+    spatial_weight: float = Field(1.0, ge=0.0)
+    constraint_weight: float = Field(100.0, gt=0.0)
+    prior_weight: float = Field(0.0, ge=0.0, description="Pull towards the mask probability.")
+    tol: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(2000, ge=1)
+
+
+class CompositeConfig(_Section):
+    per_foreground_train: int = Field(100, ge=0)
+    per_foreground_test: int = Field(20, ge=0)
+    test_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Test share.")
+    mode: Literal["exact", "float"] = Field(
+        "exact", description="exact = Adobe's 8-bit truncation; float = rounded."
+    )
+    format: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    copy_backgrounds: bool = Field(True, description="Copy used backgrounds into <out>/bg/.")
+
+
+class RunConfig(_Section):
+    shard_size: int = Field(64, ge=1, description="Images per Prefect task.")
+    dask_address: str | None = Field(None, description="Existing scheduler; None = LocalCluster.")
+    n_workers: int | None = Field(None, ge=1, description="LocalCluster workers; None = CPU count.")
+    threads_per_worker: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1, description="torch/BLAS threads inside each worker.")
+
+
+class BuildConfig(_Section):
+    """Everything a build needs besides where its data lives."""
+
+    name: str = "matteforge-dataset"
+    seed: int = 0
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    trimap: TrimapConfig = Field(default_factory=TrimapConfig)
+    alpha: AlphaConfig = Field(default_factory=AlphaConfig)
+    composite: CompositeConfig = Field(default_factory=CompositeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    input: str | None = Field(None, description="Folder or fsspec URI of portraits.")
+    backgrounds: str | None = Field(None, description="Folder or fsspec URI of backgrounds.")
+    output: str | None = Field(None, description="Dataset root (folder or fsspec URI).")
+
+    @model_validator(mode="after")
+    def _extensions_lowercase(self) -> BuildConfig:
+        self.ingest.extensions = [
+            e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.ingest.extensions
+        ]
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of the settings that shape per-sample outputs (not paths, not run settings)."""
+        relevant = self.model_dump(
+            include={"seed", "ingest", "segment", "trimap", "alpha", "composite"}
+        )
+        relevant["segment"].pop("weights_path", None)
+        blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def packaged_config_path(name: str) -> Path:
+    """Path of a config shipped in ``matteforge.configs`` (e.g. ``demo``)."""
+    return Path(str(resources.files("matteforge.configs").joinpath(f"{name}.yaml")))
+
+
+def load_config(
+    path: str | Path | dict[str, Any] | None = None, **overrides: Any
+) -> BuildConfig:
+    """Load and validate a config; ``overrides`` are top-level or dotted keys.
+
+    ``path`` is a YAML file, a packaged config name without suffix (``demo``), or an already
+    parsed mapping.  Overrides whose value is None are ignored so CLI flags that were not given
+    leave the file's value alone.
+    """
+    data: dict[str, Any] = {}
+    if isinstance(path, dict):
+        data = copy.deepcopy(path)
+    elif path is not None:
+        p = Path(path)
+        if not p.suffix and not p.exists():
+            p = packaged_config_path(str(path))
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return BuildConfig.model_validate(data)

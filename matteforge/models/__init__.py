@@ -1,0 +1,1 @@
+"""Model executors and weight fetching (no Prefect, no dataset I/O)."""

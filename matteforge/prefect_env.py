@@ -1,0 +1,51 @@
+"""Prefect's local mode, shared by the flow process and its Dask workers.
+
+Without an API URL Prefect starts a temporary server *per process*: every LocalCluster worker
+would boot its own (measured here: ~6 s each, and the flow's runs split across databases).
+Starting one temporary server up front and exporting its URL before the cluster exists makes
+the workers inherit it, so the whole build reports to one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def prefect_api() -> Iterator[str | None]:
+    """Use the configured Prefect API, or run one temporary local server for this build."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        _flush_prefect_logs()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        server.stop()
+
+
+def _flush_prefect_logs() -> None:
+    """Send buffered run logs before the server they go to stops."""
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    except Exception:  # flushing is best effort; losing a log line must not fail a build
+        pass

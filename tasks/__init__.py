@@ -1,0 +1,1 @@
+"""One module per pipeline stage: pure array functions plus thin Prefect wrappers."""

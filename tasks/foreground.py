@@ -1,0 +1,22 @@
+"""Foreground estimation: recover F from the image and alpha, so composites carry no old background.
+
+We use pymatting's multi-level estimator (Germer et al. 2020) rather than writing our own: it is
+the reference implementation of the method, numba-compiled, about 0.2 s per megapixel on one
+core, and well tested.  This module only adapts dtypes and clamps the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pymatting import estimate_foreground_ml
+
+
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB + HxW alpha (float in [0, 1] or uint8) → HxWx3 uint8 foreground."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+    if alpha.shape != image.shape[:2]:
+        raise ValueError(f"alpha shape {alpha.shape} does not match image {image.shape[:2]}")
+    a = alpha.astype(np.float64) / 255.0 if alpha.dtype == np.uint8 else alpha.astype(np.float64)
+    fg = estimate_foreground_ml(image.astype(np.float64) / 255.0, np.clip(a, 0.0, 1.0))
+    return np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,70 @@
+"""Trimap: a person probability map → 0 (background) / 128 (unknown) / 255 (foreground).
+
+The unknown band is where the mask edge might be wrong; KNN matting later solves only there.
+Its width scales with the image by default, because a fixed pixel width is too thin on a 12 MP
+photo and swallows the person on a thumbnail.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+KernelShape = Literal["ellipse", "rect", "cross"]
+_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
+
+BACKGROUND, UNKNOWN, FOREGROUND = 0, 128, 255
+
+
+def band_width(
+    height: int, width: int, *, fixed: int | None = None, fraction: float = 0.01, minimum: int = 3
+) -> int:
+    """Half-width of the unknown band in pixels: ``fixed`` or ``fraction`` of the longer side."""
+    if fixed is not None:
+        return int(fixed)
+    return max(int(minimum), round(fraction * max(height, width)))
+
+
+def structuring_element(shape: KernelShape, half_width: int) -> np.ndarray:
+    if shape not in _SHAPES:
+        raise ValueError(f"kernel shape must be one of {sorted(_SHAPES)}, got {shape!r}")
+    size = 2 * int(half_width) + 1
+    return cv2.getStructuringElement(_SHAPES[shape], (size, size))
+
+
+def binarize(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Person mask as uint8 0/255 (the form OpenCV morphology and PNG files want)."""
+    return np.where(np.asarray(probability) >= threshold, 255, 0).astype(np.uint8)
+
+
+def make_trimap(
+    probability: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    kernel_shape: KernelShape = "ellipse",
+    half_width: int = 5,
+) -> np.ndarray:
+    """Erode the mask for sure-foreground, dilate it for sure-background, the rest is unknown.
+
+    ``probability`` may be a float map in [0, 1] or an already binary uint8 0/255 mask
+    (uint8 input is rescaled to [0, 1] first).
+    """
+    prob = np.asarray(probability)
+    if prob.ndim != 2:
+        raise ValueError(f"expected an HxW map, got shape {prob.shape}")
+    if prob.dtype == np.uint8:
+        prob = prob.astype(np.float32) / 255.0
+    mask = binarize(prob, threshold)
+    kernel = structuring_element(kernel_shape, half_width)
+    sure_fg = cv2.erode(mask, kernel, borderType=cv2.BORDER_REPLICATE) == 255
+    maybe_fg = cv2.dilate(mask, kernel, borderType=cv2.BORDER_REPLICATE) == 255
+    trimap = np.full(mask.shape, UNKNOWN, dtype=np.uint8)
+    trimap[sure_fg] = FOREGROUND
+    trimap[~maybe_fg] = BACKGROUND
+    return trimap
+
+
+def unknown_fraction(trimap: np.ndarray) -> float:
+    return float(np.count_nonzero(trimap == UNKNOWN)) / max(1, trimap.size)

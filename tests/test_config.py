@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from matteforge.config import BuildConfig, load_config, packaged_config_path
+
+
+def test_packaged_configs_load_and_validate():
+    for name in ("demo", "comp1k"):
+        assert packaged_config_path(name).exists()
+        assert isinstance(load_config(name), BuildConfig)
+    assert load_config("comp1k").composite.per_foreground_train == 100
+
+
+def test_overrides_apply_by_dotted_key_and_none_is_ignored(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  shard_size: 8\ntrimap:\n  width: 4\n")
+    cfg = load_config(path, **{"run.shard_size": 3, "trimap.width": None, "output": "/x"})
+    assert cfg.run.shard_size == 3 and cfg.trimap.width == 4 and cfg.output == "/x"
+
+
+def test_unknown_keys_and_bad_values_are_refused(tmp_path):
+    with pytest.raises(ValidationError):
+        load_config({"trimap": {"widht": 3}})
+    with pytest.raises(ValidationError):
+        load_config({"trimap": {"kernel_shape": "hexagon"}})
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_hash_tracks_outputs_not_locations_or_run_settings():
+    base = load_config("demo")
+    assert base.config_hash() == load_config("demo", output="/elsewhere").config_hash()
+    assert base.config_hash() == load_config("demo", **{"run.shard_size": 7}).config_hash()
+    assert base.config_hash() != load_config("demo", **{"trimap.width": 9}).config_hash()
+    assert base.config_hash() != load_config("demo", seed=1).config_hash()
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(Exception, match=r"constructor|could not determine"):
+        load_config(evil)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from matteforge.tasks import manifest
+from matteforge.tasks.storage import locate
+
+
+def test_rows_round_trip_with_schema_metadata(tmp_path):
+    loc = locate(str(tmp_path))
+    rows = [{"sample_id": "a" * 20, "status": "ok", "reason": "", "width": 4, "height": 3,
+             "presence": 0.9}, {"sample_id": "b" * 20, "status": "failed",
+                                "reason": "decode_error", "detail": "truncated"}]
+    rel = manifest.write_table(loc, "samples", manifest.shard_name(0), rows)
+    assert rel == "manifest/samples/shard-00000.parquet"
+    table = manifest.read_table(loc, "samples")
+    assert table.num_rows == 2 and table.schema.names == manifest.SAMPLES_SCHEMA.names
+    meta = table.schema.metadata
+    assert meta[b"matteforge.schema_version"] == manifest.SCHEMA_VERSION.encode()
+    assert "presence" in json.loads(meta[b"matteforge.columns"])
+    frame = pd.read_parquet(tmp_path / "manifest/samples")
+    assert list(frame["status"]) == ["ok", "failed"]
+    assert ds.dataset(tmp_path / "manifest/samples").to_table().num_rows == 2
+
+
+def test_identical_rows_give_identical_bytes(tmp_path):
+    rows = [{"composite_id": "x_y", "sample_id": "x", "bg_id": "y", "index": 0}]
+    a, b = locate(str(tmp_path / "a")), locate(str(tmp_path / "b"))
+    manifest.write_table(a, "composites", "shard-00000.parquet", rows)
+    manifest.write_table(b, "composites", "shard-00000.parquet", rows)
+    path = "manifest/composites/shard-00000.parquet"
+    assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+
+
+def test_missing_table_reads_as_empty(tmp_path):
+    table = manifest.read_table(locate(str(tmp_path)), "backgrounds")
+    assert table.num_rows == 0 and "bg_id" in table.schema.names
