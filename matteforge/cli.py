@@ -108,6 +108,8 @@ def cmd_composite(args: argparse.Namespace) -> None:
 
 
 def _run_build(**params: Any) -> dict[str, Any]:
+    # Dask's per-connection INFO lines would bury the progress lines; workers inherit this.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from matteforge.flows.build import build_dataset
     from matteforge.prefect_env import prefect_api
 

@@ -11,9 +11,22 @@ from matteforge.tasks.storage import locate
 
 def test_rows_round_trip_with_schema_metadata(tmp_path):
     loc = locate(str(tmp_path))
-    rows = [{"sample_id": "a" * 20, "status": "ok", "reason": "", "width": 4, "height": 3,
-             "presence": 0.9}, {"sample_id": "b" * 20, "status": "failed",
-                                "reason": "decode_error", "detail": "truncated"}]
+    rows = [
+        {
+            "sample_id": "a" * 20,
+            "status": "ok",
+            "reason": "",
+            "width": 4,
+            "height": 3,
+            "presence": 0.9,
+        },
+        {
+            "sample_id": "b" * 20,
+            "status": "failed",
+            "reason": "decode_error",
+            "detail": "truncated",
+        },
+    ]
     rel = manifest.write_table(loc, "samples", manifest.shard_name(0), rows)
     assert rel == "manifest/samples/shard-00000.parquet"
     table = manifest.read_table(loc, "samples")

@@ -35,8 +35,9 @@ def test_wider_band_has_more_unknown():
 
 def test_uint8_mask_input_matches_float_probability():
     prob = _disk()
-    assert np.array_equal(make_trimap(prob, half_width=3),
-                          make_trimap((prob * 255).astype(np.uint8), half_width=3))
+    assert np.array_equal(
+        make_trimap(prob, half_width=3), make_trimap((prob * 255).astype(np.uint8), half_width=3)
+    )
 
 
 def test_band_width_scales_with_image_and_respects_minimum():

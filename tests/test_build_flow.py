@@ -1,0 +1,146 @@
+"""The whole build, end to end, as a user runs it: the CLI, Prefect local mode, a LocalCluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from matteforge.demo import prepare_demo_data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    portraits, backgrounds = prepare_demo_data(root / "data")
+    (portraits / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    out = root / "out"
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "matteforge.cli",
+            "build",
+            "--config",
+            "demo",
+            "--input",
+            str(portraits),
+            "--backgrounds",
+            str(backgrounds),
+            "--output",
+            str(out),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "shards 3/3" in proc.stdout + proc.stderr  # progress was reported
+    return out
+
+
+def test_manifest_reads_with_pandas_and_pyarrow(demo_build):
+    samples = pd.read_parquet(demo_build / "manifest/samples")
+    composites = ds.dataset(demo_build / "manifest/composites").to_table().to_pandas()
+    assert len(samples) == 5  # 2 portraits, 2 negatives, 1 broken file
+    assert samples["sample_id"].str.len().eq(20).sum() == 5
+    assert len(composites) == samples["n_composites"].sum() > 0
+
+
+def test_every_uri_in_the_manifest_exists(demo_build):
+    samples = pd.read_parquet(demo_build / "manifest/samples")
+    composites = pd.read_parquet(demo_build / "manifest/composites")
+    uris = [
+        u
+        for col in samples.columns
+        if col.endswith("_uri") and col != "source_uri"
+        for u in samples[col].dropna()
+    ]
+    uris += list(composites["merged_uri"]) + list(composites["bg_uri"])
+    assert uris
+    missing = [u for u in uris if not (demo_build / u).is_file()]
+    assert missing == []
+
+
+def test_portraits_accepted_negatives_and_broken_files_not(demo_build):
+    samples = pd.read_parquet(demo_build / "manifest/samples")
+    by_name = {
+        Path(u).name: row
+        for u, row in zip(samples["source_uri"], samples.to_dict("records"), strict=True)
+    }
+    assert by_name["astronaut.png"]["status"] == "ok"
+    assert by_name["camera.png"]["status"] == "ok"
+    for negative in ("chelsea.png", "coffee.png"):
+        assert by_name[negative]["status"] == "rejected"
+        assert by_name[negative]["reason"] == "no_person"
+    assert by_name["broken.jpg"]["status"] == "failed"
+    assert by_name["broken.jpg"]["reason"] in {"decode_error", "not_an_image"}
+
+
+def test_trimaps_alphas_and_composites_are_well_formed(demo_build):
+    samples = pd.read_parquet(demo_build / "manifest/samples")
+    ok = samples[samples["status"] == "ok"]
+    cfg = json.loads((demo_build / "dataset.json").read_text())["config"]["composite"]
+    for row in ok.to_dict("records"):
+        trimap = np.asarray(Image.open(demo_build / row["trimap_uri"]))
+        assert set(np.unique(trimap)) <= {0, 128, 255}
+        alpha = np.asarray(Image.open(demo_build / row["alpha_uri"]))
+        assert alpha.shape == trimap.shape
+        assert (alpha[trimap == 255] == 255).all() and (alpha[trimap == 0] == 0).all()
+        want = cfg["per_foreground_test"] if row["split"] == "test" else cfg["per_foreground_train"]
+        assert row["n_composites"] == want
+
+
+def test_dataset_json_records_model_counts_and_checksums(demo_build):
+    meta = json.loads((demo_build / "dataset.json").read_text())
+    assert len(meta["model"]["sha256"]) == 64 and meta["model"]["license"]
+    assert meta["counts"]["by_status"] == {"failed": 1, "ok": 2, "rejected": 2}
+    assert meta["counts"]["composites"] > 0
+    for rel in meta["checksums"]:
+        assert (demo_build / rel).is_file()
+    assert "prefect" in meta["versions"] and "torch" in meta["versions"]
+
+
+def test_rebuild_from_python_gives_identical_manifests(demo_build, tmp_path, monkeypatch):
+    """The importable flow, same inputs + config + seed: same rows and files (timings aside)."""
+    from matteforge.flows.build import build_dataset
+    from matteforge.prefect_env import prefect_api
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    portraits, backgrounds = prepare_demo_data(demo_build.parent / "data")
+    out = tmp_path / "again"
+    with prefect_api():
+        summary = build_dataset(config="demo", input=str(portraits),
+                                backgrounds=str(backgrounds), output=str(out), n_workers=1)
+    assert summary["by_status"] == {"failed": 1, "ok": 2, "rejected": 2}
+    for table in ("samples", "composites", "backgrounds"):
+        first = pd.read_parquet(demo_build / "manifest" / table)
+        second = pd.read_parquet(out / "manifest" / table)
+        timing = [c for c in first.columns if c.startswith("seconds_")]
+        keep = [c for c in first.columns if c not in timing]
+        pd.testing.assert_frame_equal(first[keep], second[keep])
+    def images(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and p.parts[len(root.parts)] not in ("manifest",)
+                      and p.name != "dataset.json")
+
+    first_files = images(demo_build)
+    assert first_files and first_files == images(out)
+    for rel in first_files:
+        assert (demo_build / rel).read_bytes() == (out / rel).read_bytes(), rel

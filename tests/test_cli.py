@@ -1,0 +1,66 @@
+"""Stage commands on single files, as a user debugging one image runs them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matteforge.cli import EXIT_BAD_INPUT, main
+
+
+@pytest.fixture()
+def files(tmp_path, astronaut, coffee):
+    paths = {"image": tmp_path / "astro.png", "bg": tmp_path / "coffee.png"}
+    Image.fromarray(astronaut).save(paths["image"])
+    Image.fromarray(coffee).save(paths["bg"])
+    yy, xx = np.mgrid[:512, :512]
+    disk = (np.hypot(yy - 300, xx - 250) < 150).astype(np.uint8) * 255
+    paths["mask"] = tmp_path / "mask.png"
+    Image.fromarray(disk).save(paths["mask"])
+    return paths
+
+
+def _read(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_trimap_alpha_foreground_composite_chain(files, tmp_path):
+    tri, alpha = tmp_path / "tri.png", tmp_path / "alpha.png"
+    fg, out = tmp_path / "fg.png", tmp_path / "out.png"
+    assert main(["trimap", str(files["mask"]), "--out", str(tri), "--width", "6"]) == 0
+    assert set(np.unique(_read(tri))) == {0, 128, 255}
+    assert main(["alpha", str(files["image"]), str(tri), "--out", str(alpha)]) == 0
+    a = _read(alpha)
+    assert a.shape == (512, 512) and (a[_read(tri) == 255] == 255).all()
+    assert main(["foreground", str(files["image"]), str(alpha), "--out", str(fg)]) == 0
+    assert _read(fg).shape == (512, 512, 3)
+    assert main(["composite", str(fg), str(alpha), str(files["bg"]), "--out", str(out)]) == 0
+    merged = _read(out)
+    assert merged.shape == (512, 512, 3)
+    opaque = a == 255
+    assert np.array_equal(merged[opaque], _read(fg)[opaque])
+
+
+def test_mask_command_writes_mask_and_probability(files, tmp_path):
+    mask, prob = tmp_path / "m.png", tmp_path / "p.png"
+    assert main(["mask", str(files["image"]), "--out", str(mask), "--prob", str(prob)]) == 0
+    m = _read(mask)
+    assert set(np.unique(m)) <= {0, 255} and m.mean() > 10
+    assert _read(prob).dtype == np.uint8
+
+
+def test_bad_input_exits_nonzero_with_one_line(files, tmp_path, capsys):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    assert main(["trimap", str(junk), "--out", str(tmp_path / "t.png")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("matteforge: error:") and "not_an_image" in err and "\n" not in err
+    missing = tmp_path / "nope.png"
+    assert main(["alpha", str(missing), str(files["mask"]), "--out", "x.png"]) == EXIT_BAD_INPUT
+    assert "cannot read" in capsys.readouterr().err
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
+    code = main(["alpha", str(files["image"]), str(small), "--out", str(tmp_path / "a.png")])
+    assert code == EXIT_BAD_INPUT
+    assert "trimap is 10x10 but image is 512x512" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""The segment stage finds the person, at full resolution, and says when there is none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from matteforge.tasks.segment import (
+    PRESENCE_THRESHOLD,
+    Segmenter,
+    SegmentResult,
+    is_person,
+    letterbox,
+    load_segmenter,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data"
+needs_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (a fresh clone has no ../shared)"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Small ops on busy CI cores stall at thread barriers (seconds per image); 1 is fast."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def segmenter() -> Segmenter:
+    return load_segmenter()
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _gray3(image: np.ndarray) -> np.ndarray:
+    return np.dstack([image] * 3)
+
+
+def _shared(folder: str, *patterns: str) -> list[Path]:
+    if not SHARED_DATA.is_dir():
+        return []
+    return sorted(p for pat in patterns for p in (SHARED_DATA / folder).glob(pat))
+
+
+def test_astronaut_mask_covers_the_person(segmenter: Segmenter) -> None:
+    result = segmenter.predict(data.astronaut())
+    prob = result.probability
+    assert prob.shape == (512, 512)
+    assert prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert prob[60:160, 180:260].mean() > 0.9  # face
+    assert prob[300:450, 60:250].mean() > 0.9  # orange suit
+    assert prob[0:80, 460:512].mean() < 0.1  # wall behind, top-right
+
+
+def test_full_resolution_for_non_square_input(segmenter: Segmenter) -> None:
+    image = data.chelsea()
+    assert segmenter.predict(image).probability.shape == image.shape[:2]
+
+
+def test_grayscale_is_accepted_stacked_or_2d(segmenter: Segmenter) -> None:
+    camera = data.camera()
+    stacked = segmenter.predict(_gray3(camera))
+    flat = segmenter.predict(camera)
+    assert stacked.probability.shape == camera.shape
+    np.testing.assert_array_equal(stacked.probability, flat.probability)
+
+
+def test_rejects_non_uint8_images(segmenter: Segmenter) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        segmenter.predict(data.astronaut().astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("astronaut", True), ("camera", True), ("chelsea", False), ("coffee", False)],
+)
+def test_presence_accepts_people_and_rejects_cat_and_coffee(
+    segmenter: Segmenter, name: str, expected: bool
+) -> None:
+    image = getattr(data, name)()
+    result = segmenter.predict(_gray3(image) if image.ndim == 2 else image)
+    assert is_person(result) is expected, result.evidence
+    assert 0.0 <= result.presence <= 1.0
+    assert all(np.isfinite(v) for v in result.evidence.values())
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "path",
+    _shared("portraits", "*.jpg", "*.png") + _shared("p3m_figure_gt", "image/*.png"),
+    ids=lambda p: p.name,
+)
+def test_shared_portraits_are_people(segmenter: Segmenter, path: Path) -> None:
+    result = segmenter.predict(_read_rgb(path))
+    assert is_person(result), result.evidence
+
+
+@needs_shared
+@pytest.mark.parametrize("path", _shared("backgrounds", "*.jpg"), ids=lambda p: p.name)
+def test_shared_backgrounds_are_not_people(segmenter: Segmenter, path: Path) -> None:
+    result = segmenter.predict(_read_rgb(path))
+    assert not is_person(result), result.evidence
+
+
+def test_threshold_is_a_probability() -> None:
+    assert 0.0 < PRESENCE_THRESHOLD < 1.0
+    empty = SegmentResult(np.zeros((2, 2), np.float32), 0.0, {})
+    assert not is_person(empty)
+
+
+def test_letterbox_keeps_aspect_and_centres() -> None:
+    canvas, (top, left, h, w) = letterbox(np.full((100, 200, 3), 255, np.uint8), 256)
+    assert canvas.shape == (256, 256, 3)
+    assert (top, left, h, w) == (64, 0, 128, 256)
+    assert canvas[:top].max() == 0 and canvas[top : top + h].min() == 255
+
+
+def test_loader_is_cached_and_reports_provenance(segmenter: Segmenter) -> None:
+    assert load_segmenter() is segmenter
+    assert segmenter.model_id == "mediapipe-selfie-segmentation@0.10.21"
+    assert segmenter.weights_sha256 == (
+        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c"
+    )
+    assert segmenter.license.startswith("Apache-2.0")
+
+
+def test_unknown_segmenter_name_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match="mediapipe-selfie"):
+        load_segmenter("u2net")
