@@ -7,6 +7,7 @@ any failure into a row, and writes the files and then the shard's manifest (the 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import OrderedDict
@@ -182,7 +183,8 @@ def _run_stages(
         a = cfg.alpha
         alpha, info = knn_alpha_with_info(
             image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
-            constraint_weight=a.constraint_weight, prior=result.probability,
+            constraint_weight=math.inf if a.constraint_weight is None else a.constraint_weight,
+            prior=result.probability,
             prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter)
         alpha8 = to_uint8(alpha)
     row["alpha_iterations"], row["alpha_residual"] = info.iterations, info.residual

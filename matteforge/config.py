@@ -54,7 +54,9 @@ class TrimapConfig(_Section):
 class AlphaConfig(_Section):
     n_neighbors: int = Field(10, ge=2, le=64)
     spatial_weight: float = Field(1.0, ge=0.0)
-    constraint_weight: float = Field(100.0, gt=0.0)
+    constraint_weight: float | None = Field(
+        None, gt=0.0, description="λ on known band pixels; None = eliminate them exactly (λ→∞)."
+    )
     prior_weight: float = Field(0.0, ge=0.0, description="Pull towards the mask probability.")
     tol: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(2000, ge=1)

@@ -258,6 +258,8 @@ def jacobi_cg(
 def _check_inputs(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be uint8 or float in [0, 1], got {image.dtype}")
     if trimap.shape != image.shape[:2]:
         raise ValueError(f"trimap shape {trimap.shape} does not match image {image.shape[:2]}")
     if prior is None:

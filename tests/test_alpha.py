@@ -317,6 +317,12 @@ def test_mismatched_inputs_are_rejected(image_shape, trimap_shape):
         knn_alpha(np.zeros(image_shape, np.uint8), np.zeros(trimap_shape, np.uint8))
 
 
+def test_integer_images_other_than_uint8_are_rejected():
+    image, trimap = _synthetic()
+    with pytest.raises(ValueError):
+        knn_alpha(image.astype(np.uint16) * 257, trimap)
+
+
 def test_non_positive_constraint_weight_is_rejected():
     image, trimap = _synthetic()
     with pytest.raises(ValueError):

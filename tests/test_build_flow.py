@@ -144,3 +144,26 @@ def test_rebuild_from_python_gives_identical_manifests(demo_build, tmp_path, mon
     assert first_files and first_files == images(out)
     for rel in first_files:
         assert (demo_build / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_build_runs_on_an_existing_scheduler_by_address(tmp_path, monkeypatch):
+    """--dask-address: the shards go to a cluster the build did not start."""
+    from distributed import LocalCluster
+
+    from matteforge.flows.build import build_dataset
+    from matteforge.prefect_env import prefect_api
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    portraits, backgrounds = prepare_demo_data(tmp_path / "data")
+    for negative in ("chelsea.png", "coffee.png", "camera.png"):
+        (portraits / negative).unlink()
+    with prefect_api(), LocalCluster(n_workers=1, threads_per_worker=1,
+                                     dashboard_address=None) as cluster:
+        summary = build_dataset(config="demo", input=str(portraits),
+                                backgrounds=str(backgrounds), output=str(tmp_path / "out"),
+                                dask_address=cluster.scheduler_address)
+        prefixes = set(cluster.scheduler.task_prefixes)
+    assert summary["by_status"] == {"ok": 1}
+    assert any(p.startswith("process") for p in prefixes), prefixes  # ran on that scheduler
+    assert (tmp_path / "out" / "dataset.json").is_file()
