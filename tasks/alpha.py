@@ -39,7 +39,7 @@ TRIMAP_FOREGROUND = 255
 # Kernel 1 − d/C with C = KERNEL_SCALE · (mean neighbour distance). The paper's C (the largest
 # distance) leaves almost every weight near 1, which makes the kernel nearly binary; a C tied to
 # the typical neighbour distance lets colour edges cut the graph. On the 10 P3M portraits
-# (trimaps of 3–20 px) this lowered SAD over the unknown region by 9–25 % (scale 1.5–2 best;
+# (trimaps of 3–20 px) this lowered SAD over the unknown region by 8–25 % (scale 1.5–2 best;
 # 2 needs fewer CG iterations).
 KERNEL_SCALE = 2.0
 # Distances beyond C would give weights ≤ 0: clipping keeps every KNN edge, so the graph's
@@ -47,8 +47,8 @@ KERNEL_SCALE = 2.0
 # 0.01 was as accurate as 0.001 with a third fewer CG iterations; 0.05 cost accuracy.
 KERNEL_FLOOR = 0.01
 # Band radius as a fraction of the image diagonal. Accuracy barely moves between 2 px and 20 px at
-# ~0.15 MP and between 3 px and 40 px at ~0.6 MP (<2 % SAD), but 0 px (no known pixels in the
-# graph) is 2.4–7.6x worse; ~1 % of the diagonal sits on the flat part at every size measured.
+# ~0.15 MP and between 3 px and 40 px at ~0.6 MP (<2 % SAD), while 0 px (no known pixel in the
+# graph) fails outright; ~1 % of the diagonal sits on the flat part at every size measured.
 BAND_RADIUS_FRACTION = 0.01
 MIN_BAND_RADIUS = 3
 DEFAULT_PRIOR = 0.5
@@ -292,9 +292,11 @@ def knn_alpha_with_info(
         spatial_weight: weight of the diagonal-normalised (x, y) features (paper: 1; 0.3–10
             measured, 1–2 best).
         constraint_weight: λ on the known pixels inside the band. ``math.inf`` (default)
-            eliminates them exactly, the λ → ∞ limit of the paper's λ = 100: on the P3M portraits
-            at ~1 MP it reached the same SAD as λ = 100 in under half the solve time. A finite λ
-            solves the paper's soft-constrained system over the whole band instead.
+            eliminates them exactly, the λ → ∞ limit of the paper's λ = 100. On five P3M
+            portraits at ~1 MP both give the same SAD, but λ = 100 needs tol 1e-7 to get there
+            (at 1e-6 some alphas were still 0.4 off its converged answer), which took 45 % longer
+            than elimination at 1e-6. A finite λ solves the paper's soft-constrained system over
+            the whole band (known pixels included) instead.
         prior: HxW float in [0, 1] (e.g. the segmentation probability): the starting guess, the
             value of unknown regions with no graph path to a known pixel, and the target of the
             prior term. Defaults to 0.5 everywhere.
