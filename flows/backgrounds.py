@@ -16,15 +16,32 @@ from matteforge.tasks.storage import Location, read_bytes, redact_uri, write_byt
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
 
+def _reusable(known: dict[str, Any] | None, size: int | None, out: Location) -> bool:
+    """A row from an earlier build still describes this file (same size, copy in place)."""
+    if known is None or known["status"] != "ok" or known["source_bytes"] != size:
+        return False
+    bg_uri = known["bg_uri"] or ""
+    return "://" in bg_uri or out.fs.exists(out.path(bg_uri))
+
+
 def index_backgrounds(
-    paths: list[str], src: Location, out: Location, *, copy: bool, max_pixels: int,
-    max_bytes: int, min_side: int = 1,
+    files: list[tuple[str, int | None]], src: Location, out: Location, *, copy: bool,
+    max_pixels: int, max_bytes: int, min_side: int = 1,
+    known: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[BackgroundRef]]:
-    """Rows for the backgrounds table, and the usable backgrounds in a stable order."""
+    """Rows for the backgrounds table, and the usable backgrounds in a stable order.
+
+    ``known`` (source_uri → row of an earlier build) lets an unchanged background skip decoding.
+    """
     rows: list[dict[str, Any]] = []
     refs: dict[str, BackgroundRef] = {}
-    for path in paths:
+    for path, size in files:
         uri = redact_uri(src.url(path))
+        previous = (known or {}).get(uri)
+        if _reusable(previous, size, out) and previous["bg_id"] not in refs:
+            rows.append(previous)
+            refs[previous["bg_id"]] = BackgroundRef(previous["bg_id"], path, previous["bg_uri"])
+            continue
         try:
             data = read_bytes(src, path, max_bytes=max_bytes)
         except Exception as exc:

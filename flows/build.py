@@ -21,11 +21,18 @@ from prefect_dask import DaskTaskRunner
 from matteforge import __version__
 from matteforge.config import BuildConfig, RunConfig, load_config
 from matteforge.flows.backgrounds import index_backgrounds
+from matteforge.flows.plan import InputFile, plan_build, stale_rows
 from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.segment import load_segmenter
-from matteforge.tasks.storage import Location, list_files, locate, redact_uri, write_bytes_atomic
+from matteforge.tasks.storage import (
+    Location,
+    list_file_sizes,
+    locate,
+    redact_uri,
+    write_bytes_atomic,
+)
 
 _VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy",
               "opencv-python-headless", "scikit-learn", "scipy", "pymatting", "pyarrow", "pillow")
@@ -44,7 +51,7 @@ def make_task_runner(run: RunConfig) -> DaskTaskRunner:
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def process_shard(
-    shard: int, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
+    shard: str, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
     backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
 ) -> ShardSummary:
     return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
@@ -55,12 +62,13 @@ def index_backgrounds_task(
     backgrounds_uri: str, output_uri: str, cfg: BuildConfig
 ) -> list[BackgroundRef]:
     src, out = locate(backgrounds_uri), locate(output_uri)
-    paths = list_files(src, cfg.ingest.extensions)
+    files = list_file_sizes(src, cfg.ingest.extensions)
+    known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()}
     rows, refs = index_backgrounds(
-        paths, src, out, copy=cfg.composite.copy_backgrounds,
-        max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes)
+        files, src, out, copy=cfg.composite.copy_backgrounds,
+        max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes, known=known)
     manifest.write_table(out, "backgrounds", manifest.shard_name(0), rows)
-    get_run_logger().info("backgrounds: %d usable of %d listed", len(refs), len(paths))
+    get_run_logger().info("backgrounds: %d usable of %d listed", len(refs), len(files))
     return refs
 
 
@@ -73,17 +81,18 @@ def _progress_line(done: int, total: int, images: int, n_images: int, counts: di
 
 @flow(name="process-shards")
 def process_shards(
-    shards: list[list[str]], cfg_data: dict[str, Any], input_uri: str, backgrounds_uri: str,
+    shards: list[tuple[str, list[str]]], cfg_data: dict[str, Any], input_uri: str,
+    backgrounds_uri: str,
     bg_refs: list[BackgroundRef], output_uri: str,
 ) -> list[ShardSummary]:
     """Fan shards out to Dask and report progress as each one lands."""
     logger = get_run_logger()
     started = time.perf_counter()
     futures = [
-        process_shard.submit(i, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
-        for i, uris in enumerate(shards)
+        process_shard.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
+        for key, uris in shards
     ]
-    n_images = sum(len(s) for s in shards)
+    n_images = sum(len(uris) for _, uris in shards)
     summaries: list[ShardSummary] = []
     counts: dict[str, int] = {}
     for future in as_completed(futures):
@@ -145,15 +154,60 @@ def _manifest_checksums(out: Location) -> dict[str, str]:
     return sums
 
 
-def _shards(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, list[str]]]:
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    return [(manifest.shard_key(chunk, config_hash), chunk) for chunk in chunks]
 
 
 def _clear_previous(out: Location) -> None:
-    """A new build replaces an old one's manifest (incremental mode is not built yet)."""
+    """Overwrite mode: the old manifest goes; files are replaced as shards are rewritten."""
     for rel in ("manifest", "dataset.json"):
         if out.fs.exists(out.path(rel)):
             out.fs.rm(out.path(rel), recursive=True)
+
+
+def _drop_rows(out: Location, drop: set[tuple[str, str]]) -> int:
+    """Remove (shard, source_uri) sample rows and their composites; composites go first.
+
+    Called only after the rows replacing them are committed, so a crash in here leaves a
+    duplicate that the next run's planning removes, never a missing row.
+    """
+    by_shard: dict[str, set[str]] = {}
+    for shard, uri in drop:
+        by_shard.setdefault(shard, set()).add(uri)
+    if not by_shard:
+        return 0
+    all_samples = manifest.read_shards(out, "samples")
+    all_composites = manifest.read_shards(out, "composites")
+    for shard, uris in sorted(by_shard.items()):
+        samples = all_samples[shard].to_pylist()
+        keep = [r for r in samples if r["source_uri"] not in uris]
+        kept_ids = {r["sample_id"] for r in keep}
+        gone_ids = {r["sample_id"] for r in samples if r["source_uri"] in uris} - kept_ids
+        composites = all_composites.get(shard)
+        if composites is not None:
+            rows = [r for r in composites.to_pylist() if r["sample_id"] not in gone_ids]
+            manifest.rewrite_shard(out, "composites", shard, rows)
+        manifest.rewrite_shard(out, "samples", shard, keep)
+    return sum(len(u) for u in by_shard.values())
+
+
+def dataset_counts(out: Location) -> dict[str, Any]:
+    """Counts over the whole manifest (every run's rows), as verify recomputes them."""
+    samples = manifest.read_table(out, "samples").to_pylist()
+    composites = manifest.read_table(out, "composites").to_pylist()
+    by_status: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    by_split: dict[str, int] = {}
+    for row in samples:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        if row["reason"]:
+            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    for row in composites:
+        by_split[row["split"]] = by_split.get(row["split"], 0) + 1
+    return {"samples": len(samples), "by_status": dict(sorted(by_status.items())),
+            "by_reason": dict(sorted(by_reason.items())), "composites": len(composites),
+            "composites_by_split": dict(sorted(by_split.items()))}
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -165,6 +219,7 @@ def build_dataset(
     dask_address: str | None = None,
     n_workers: int | None = None,
     shard_size: int | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
 
@@ -174,7 +229,7 @@ def build_dataset(
     started = time.perf_counter()
     overrides = {"input": input, "backgrounds": backgrounds, "output": output,
                  "run.dask_address": dask_address, "run.n_workers": n_workers,
-                 "run.shard_size": shard_size}
+                 "run.shard_size": shard_size, "run.mode": mode}
     cfg = load_config(config, **overrides)
     missing = [k for k in ("input", "backgrounds", "output") if getattr(cfg, k) is None]
     if missing:
@@ -183,19 +238,35 @@ def build_dataset(
     logger = get_run_logger()
     seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
     out = locate(cfg.output)
-    _clear_previous(out)
-    inputs = list_files(locate(cfg.input), cfg.ingest.extensions)
-    logger.info("%d input files, shards of %d", len(inputs), cfg.run.shard_size)
+    if cfg.run.mode == "overwrite":
+        _clear_previous(out)
+    config_hash = cfg.config_hash()
+    src = locate(cfg.input)
+    listing = [InputFile(path, redact_uri(src.url(path)), size)
+               for path, size in list_file_sizes(src, cfg.ingest.extensions)]
+    old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
+    stale = stale_rows(old, config_hash, seg.weights_sha256)
+    existing = {r["source_uri"]: r for name, rows in old.items() for r in rows
+                if (name, r["source_uri"]) not in stale}
+    plan = plan_build(listing, existing, cfg.run.mode, config_hash, seg.weights_sha256)
+    logger.info("%d input files: %d to process, %d already done (mode %s), shards of %d",
+                len(listing), len(plan.todo), plan.skipped, cfg.run.mode, cfg.run.shard_size)
     bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg)
     if not bg_refs:
         logger.warning("no usable backgrounds: samples are processed but get no composites")
-    runner = make_task_runner(cfg.run)
-    summaries = process_shards.with_options(task_runner=runner)(
-        _shards(inputs, cfg.run.shard_size), cfg.model_dump(mode="json"), cfg.input,
-        cfg.backgrounds, bg_refs, cfg.output,
-    )
+    shards = _shards([f.path for f in plan.todo], cfg.run.shard_size, config_hash)
+    summaries: list[ShardSummary] = []
+    if shards:
+        summaries = process_shards.with_options(task_runner=make_task_runner(cfg.run))(
+            shards, cfg.model_dump(mode="json"), cfg.input, cfg.backgrounds, bg_refs,
+            cfg.output,
+        )
+    written = {manifest.shard_name(key) for key, _ in shards}
+    now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
+    dropped = _drop_rows(out, stale_rows(now, config_hash, seg.weights_sha256, written))
     summary = summarize(summaries, time.perf_counter() - started)
-    summary["backgrounds_usable"] = len(bg_refs)
+    summary.update(skipped=plan.skipped, rows_replaced=dropped, backgrounds_usable=len(bg_refs),
+                   dataset=dataset_counts(out))
     dataset = {
         "name": cfg.name,
         "schema_version": manifest.SCHEMA_VERSION,
@@ -204,12 +275,13 @@ def build_dataset(
         "sources": {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
         "model": {"id": seg.model_id, "sha256": seg.weights_sha256, "license": seg.license},
         "versions": _versions(),
-        "counts": summary,
+        "counts": summary["dataset"],
+        "last_run": {k: v for k, v in summary.items() if k != "dataset"},
         "checksums": _manifest_checksums(out),
     }
     write_bytes_atomic(out, out.path("dataset.json"),
                        json.dumps(dataset, indent=2, sort_keys=True).encode())
     logger.info("done: %s", json.dumps({k: summary[k] for k in
-                                         ("samples", "by_status", "composites", "seconds")}))
+                                         ("samples", "skipped", "by_status", "seconds")}))
     return summary
 

@@ -40,7 +40,7 @@ class BackgroundRef:
 
 @dataclass
 class ShardSummary:
-    shard: int
+    shard: str
     counts: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     composites: int = 0
@@ -236,7 +236,7 @@ def _configure_threads(n: int) -> None:
 
 
 def run_shard(
-    shard: int,
+    shard: str,
     uris: list[str],
     cfg_data: dict[str, Any],
     input_uri: str,

@@ -22,6 +22,10 @@ class CliError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
+class DatasetInvalid(Exception):
+    """``verify`` found problems (already listed on stdout)."""
+
+
 def _read_rgb(path: str) -> np.ndarray:
     from matteforge.tasks.ingest import decode_image
 
@@ -125,7 +129,7 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     summary = _run_build(config=args.config, input=args.input, backgrounds=args.backgrounds,
                          output=args.output, dask_address=args.dask_address,
-                         n_workers=args.workers, shard_size=args.shard_size)
+                         n_workers=args.workers, shard_size=args.shard_size, mode=args.mode)
     _print_summary(summary, args.output or "(output from config)")
 
 
@@ -136,6 +140,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     summary = _run_build(config="demo", input=str(portraits), backgrounds=str(backgrounds),
                          output=args.output, n_workers=args.workers)
     _print_summary(summary, args.output)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from matteforge.verify import verify_dataset
+
+    report = verify_dataset(args.dataset, hashes=not args.no_hash)
+    for problem in report.problems:
+        print(problem)
+    print(f"{args.dataset}: {report.files_checked} files checked, "
+          f"{len(report.problems)} problem(s)")
+    if not report.ok:
+        raise DatasetInvalid(f"{len(report.problems)} problem(s) in {args.dataset}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--workers", type=int, help="LocalCluster worker processes")
     p.add_argument("--shard-size", type=int, help="images per Prefect task")
+    p.add_argument("--mode", choices=["incremental", "overwrite", "retry-failed"],
+                   help="skip finished inputs (default); redo all; redo failed ones too")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("demo", help="build the demo dataset from scikit-image's bundled photos")
@@ -157,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo-output", help="dataset root")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("verify", help="check a dataset: files, sizes, hashes, counts")
+    p.add_argument("dataset", help="dataset root (folder or fsspec URI)")
+    p.add_argument("--no-hash", action="store_true", help="check sizes only, not sha256")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("mask", help="person mask of one image")
     p.add_argument("image")
@@ -203,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except DatasetInvalid as exc:
+        print(f"matteforge: {exc}", file=sys.stderr)
+        return 1
     except CliError as exc:
         print(f"matteforge: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

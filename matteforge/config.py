@@ -75,6 +75,9 @@ class CompositeConfig(_Section):
 
 
 class RunConfig(_Section):
+    mode: Literal["incremental", "overwrite", "retry-failed"] = Field(
+        "incremental", description="Skip finished inputs; redo all; or redo failed ones too."
+    )
     shard_size: int = Field(64, ge=1, description="Images per Prefect task.")
     dask_address: str | None = Field(None, description="Existing scheduler; None = LocalCluster.")
     n_workers: int | None = Field(None, ge=1, description="LocalCluster workers; None = CPU count.")

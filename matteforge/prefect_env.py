@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+MIN_STARTUP_SECONDS = 120
+
 
 @contextmanager
 def prefect_api() -> Iterator[str | None]:
@@ -26,7 +28,7 @@ def prefect_api() -> Iterator[str | None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start()
+    server.start(timeout=_startup_timeout())
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
@@ -39,6 +41,17 @@ def prefect_api() -> Iterator[str | None]:
         else:
             os.environ["PREFECT_API_URL"] = previous
         server.stop()
+
+
+def _startup_timeout() -> int:
+    """Prefect's startup wait, at least ``MIN_STARTUP_SECONDS``.
+
+    Prefect's default (20 s, counted in sleep steps) ran out on a loaded 2-core machine while
+    the server's database migrations were still running, failing a build that would have worked.
+    """
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return max(MIN_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
 
 
 def _flush_prefect_logs() -> None:

@@ -8,6 +8,7 @@ at a missing file.  Schemas carry a version and a column description in their me
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -122,8 +123,13 @@ def to_table(rows: list[dict[str, Any]], table: str) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=_with_metadata(schema, table))
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.parquet"
+def shard_key(paths: list[str], config_hash: str) -> str:
+    """A shard's name from what it holds, so reruns of the same work write the same file."""
+    return hashlib.sha256("\n".join([config_hash, *paths]).encode()).hexdigest()[:16]
+
+
+def shard_name(key: str | int) -> str:
+    return f"shard-{key:05d}.parquet" if isinstance(key, int) else f"shard-{key}.parquet"
 
 
 def write_table(loc: Location, table: str, name: str, rows: list[dict[str, Any]]) -> str:
@@ -135,17 +141,29 @@ def write_table(loc: Location, table: str, name: str, rows: list[dict[str, Any]]
     return rel
 
 
-def read_table(loc: Location, table: str) -> pa.Table:
-    """All committed shards of one table (temporary files are skipped)."""
+def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
+    """Committed shard files of one table by file name (temporary files are skipped)."""
     folder = loc.path("manifest", table)
     if not loc.fs.exists(folder):
-        return to_table([], table)
-    paths = sorted(p for p in loc.fs.ls(folder, detail=False)
-                   if p.rsplit("/", 1)[-1].startswith("shard-") and p.endswith(".parquet"))
-    tables = []
-    for p in paths:
-        with loc.fs.open(p, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    if not tables:
-        return to_table([], table)
-    return pa.concat_tables(tables)
+        return {}
+    found = {}
+    for path in sorted(loc.fs.ls(folder, detail=False)):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("shard-") and name.endswith(".parquet"):
+            with loc.fs.open(path, "rb") as fh:
+                found[name] = pq.read_table(fh)
+    return found
+
+
+def read_table(loc: Location, table: str) -> pa.Table:
+    """All committed shards of one table, concatenated."""
+    tables = list(read_shards(loc, table).values())
+    return pa.concat_tables(tables) if tables else to_table([], table)
+
+
+def rewrite_shard(loc: Location, table: str, name: str, rows: list[dict[str, Any]]) -> None:
+    """Replace a shard file with ``rows``, or delete it when no row is left."""
+    if rows:
+        write_table(loc, table, name, rows)
+    elif loc.fs.exists(loc.path("manifest", table, name)):
+        loc.fs.rm(loc.path("manifest", table, name))

@@ -48,20 +48,24 @@ def locate(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
     return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri)
 
 
-def list_files(loc: Location, extensions: list[str] | None = None) -> list[str]:
-    """Every file under ``loc`` (recursively), sorted, optionally filtered by suffix.
+def list_file_sizes(loc: Location, extensions: list[str] | None = None) -> list[tuple[str, int]]:
+    """(path, size) of every file under ``loc`` (recursively), sorted, filtered by suffix.
 
     A root that is itself a file lists as that one file, so ``--input photo.jpg`` works.
     """
     if loc.fs.isfile(loc.root):
-        found = [loc.root]
+        found = {loc.root: loc.fs.info(loc.root)}
     else:
-        found = [p for p, info in loc.fs.find(loc.root, detail=True).items()
-                 if info.get("type") == "file"]
+        found = {p: info for p, info in loc.fs.find(loc.root, detail=True).items()
+                 if info.get("type") == "file"}
     if extensions is not None:
         wanted = {e.lower() for e in extensions}
-        found = [p for p in found if posixpath.splitext(p)[1].lower() in wanted]
-    return sorted(found)
+        found = {p: i for p, i in found.items() if posixpath.splitext(p)[1].lower() in wanted}
+    return [(p, found[p].get("size")) for p in sorted(found)]
+
+
+def list_files(loc: Location, extensions: list[str] | None = None) -> list[str]:
+    return [path for path, _ in list_file_sizes(loc, extensions)]
 
 
 def read_bytes(loc: Location, path: str, max_bytes: int | None = None) -> bytes:

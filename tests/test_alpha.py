@@ -14,17 +14,20 @@ from matteforge.tasks.alpha import (
     AlphaInfo,
     band_mask,
     default_band_radius,
+    eliminated_knn_system,
     eliminated_system,
     floating_nodes,
     graph_laplacian,
-    jacobi_cg,
     knn_affinity,
     knn_alpha,
     knn_alpha_with_info,
     knn_features,
+    knn_weights,
     nearest_neighbors,
     soft_constrained_system,
+    solve_system,
     split_trimap,
+    v_cycle,
 )
 
 P3M = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3m_figure_gt"
@@ -175,28 +178,124 @@ def test_soft_constraints_approach_exact_elimination_as_lambda_grows():
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3
 
 
-def test_jacobi_cg_solves_a_chain_to_the_linear_ramp():
+def test_jacobi_solve_solves_a_chain_to_the_linear_ramp():
     n = 50
     laplacian = _path_laplacian(n)
     is_unknown = np.ones(n, bool)
     is_unknown[[0, -1]] = False
     matrix, rhs = eliminated_system(laplacian, is_unknown, np.array([0.0, 1.0]), np.zeros(n - 2))
-    x, iterations, residual = jacobi_cg(matrix, rhs, np.full(n - 2, 0.5), tol=1e-10)
+    x, iterations, residual = solve_system(
+        matrix, rhs, np.full(n - 2, 0.5), tol=1e-10, preconditioner="jacobi"
+    )
     np.testing.assert_allclose(x, np.linspace(0, 1, n)[1:-1], atol=1e-8)
     assert 0 < iterations <= n and residual <= 1e-10
 
 
-def test_jacobi_cg_reports_non_convergence_instead_of_raising():
+def test_jacobi_solve_reports_non_convergence_instead_of_raising():
     matrix, rhs = eliminated_system(
         _path_laplacian(200), np.r_[False, np.ones(198, bool), False], np.ones(2), np.zeros(198)
     )
-    _, iterations, residual = jacobi_cg(matrix, rhs, None, tol=1e-12, max_iter=3)
+    _, iterations, residual = solve_system(
+        matrix, rhs, None, tol=1e-12, max_iter=3, preconditioner="jacobi"
+    )
     assert iterations == 3 and residual > 1e-3
 
 
-def test_jacobi_cg_zero_rhs_gives_zero():
-    x, _, residual = jacobi_cg(_path_laplacian(4) + sp.identity(4), np.zeros(4))
+def test_jacobi_solve_zero_rhs_gives_zero():
+    x, _, residual = solve_system(
+        _path_laplacian(4) + sp.identity(4), np.zeros(4), preconditioner="jacobi"
+    )
     assert not x.any() and residual == 0.0
+
+
+def test_nearest_neighbors_in_chunks_match_one_query():
+    rng = np.random.default_rng(5)
+    features = rng.random((500, 5)).astype(np.float32)
+    whole = nearest_neighbors(features, 6)
+    chunked = nearest_neighbors(features, 6, chunk=37)
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    assert whole[0].dtype == np.float32 and whole[1].dtype == np.int32
+
+
+@pytest.mark.parametrize("prior_weight", [0.0, 0.7])
+def test_eliminated_knn_system_matches_the_laplacian_route(prior_weight):
+    rng = np.random.default_rng(6)
+    features = rng.random((300, 5)).astype(np.float32)
+    is_unknown = rng.random(300) < 0.6
+    node_alpha = (rng.random(300) < 0.5).astype(np.float64)
+    prior = rng.random(300)
+    distances, indices = nearest_neighbors(features, 8)
+    matrix, rhs, floating = eliminated_knn_system(
+        indices, knn_weights(distances), is_unknown, node_alpha, prior, prior_weight
+    )
+    assert not floating.any()
+    laplacian = graph_laplacian(knn_affinity(features, 8))
+    expected, expected_rhs = eliminated_system(
+        laplacian, is_unknown, node_alpha[~is_unknown], prior[is_unknown], prior_weight
+    )
+    np.testing.assert_allclose(matrix.toarray(), expected.toarray(), atol=1e-12)
+    np.testing.assert_allclose(rhs, expected_rhs, atol=1e-12)
+
+
+def test_eliminated_knn_system_leaves_out_components_without_a_known_node():
+    # Two chains 0-1-2 and 3-4 as K = 1 lists; only node 0 is known.
+    indices = np.array([[1], [2], [1], [4], [3]], np.int32)
+    weights = np.ones((5, 1), np.float32)
+    is_unknown = np.array([False, True, True, True, True])
+    matrix, rhs, floating = eliminated_knn_system(
+        indices, weights, is_unknown, np.array([1.0, 0, 0, 0, 0]), np.full(5, 0.5)
+    )
+    assert floating.tolist() == [False, False, False, True, True]
+    # Unknowns 1 and 2: edge 0-1 once (1), edge 1-2 picked both ways (2).
+    np.testing.assert_array_equal(matrix.toarray(), [[3, -2], [-2, 2]])
+    np.testing.assert_array_equal(rhs, [1, 0])
+
+
+def _poisson(n: int) -> sp.csr_matrix:
+    """2-D five-point Laplacian on an n x n grid with Dirichlet boundary (SPD)."""
+    chain = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1])
+    return (sp.kron(chain, sp.identity(n)) + sp.kron(sp.identity(n), chain)).tocsr()
+
+
+def test_v_cycle_preconditioner_is_symmetric():
+    pyamg = pytest.importorskip("pyamg")
+    matrix = _poisson(30)
+    hierarchy = pyamg.ruge_stuben_solver(matrix, max_coarse=50)
+    assert len(hierarchy.levels) > 2
+    operator = v_cycle(hierarchy)
+    rng = np.random.default_rng(7)
+    u, v = rng.standard_normal((2, matrix.shape[0]))
+    assert u @ operator.matvec(v) == pytest.approx(v @ operator.matvec(u), rel=1e-10)
+
+
+def test_amg_solve_solves_a_chain_to_the_linear_ramp_in_few_iterations():
+    pytest.importorskip("pyamg")
+    n = 400
+    is_unknown = np.ones(n, bool)
+    is_unknown[[0, -1]] = False
+    matrix, rhs = eliminated_system(
+        _path_laplacian(n), is_unknown, np.array([0.0, 1.0]), np.zeros(n - 2)
+    )
+    x, iterations, residual = solve_system(
+        matrix, rhs, np.full(n - 2, 0.5), tol=1e-10, preconditioner="amg"
+    )
+    np.testing.assert_allclose(x, np.linspace(0, 1, n)[1:-1], atol=1e-8)
+    # Jacobi CG needs ~n/2 iterations here.
+    assert 0 < iterations <= 20 and residual <= 1e-10
+
+
+def test_amg_solve_zero_rhs_gives_zero():
+    pytest.importorskip("pyamg")
+    x, iterations, residual = solve_system(
+        _path_laplacian(4) + sp.identity(4), np.zeros(4), preconditioner="amg"
+    )
+    assert not x.any() and iterations == 0 and residual == 0.0
+
+
+def test_solve_system_rejects_unknown_preconditioner():
+    with pytest.raises(ValueError):
+        solve_system(sp.identity(3, format="csr"), np.ones(3), None, 1e-6, 10, "ilu")
 
 
 # --- the whole function --------------------------------------------------------------------------
@@ -379,3 +478,15 @@ def test_real_portrait_keeps_known_pixels_and_beats_half_grey():
     alpha = knn_alpha(image, trimap)
     assert (alpha[trimap == 255] == 1).all() and (alpha[trimap == 0] == 0).all()
     assert sad(alpha, gt, region) < 0.5 * sad(np.full(gt.shape, 0.5), gt, region)
+
+
+def test_amg_and_jacobi_give_the_same_alpha_on_a_real_crop():
+    pytest.importorskip("pyamg")
+    ((image, gt),) = _portraits(["p3m_fig_a2.png"])
+    image, gt = image[:240], gt[:240]
+    trimap = _trimap_from_alpha(gt)
+    amg, amg_info = knn_alpha_with_info(image, trimap, preconditioner="amg")
+    jacobi, jacobi_info = knn_alpha_with_info(image, trimap, preconditioner="jacobi")
+    assert amg_info.residual <= 1e-6 and jacobi_info.residual <= 1e-6
+    assert amg_info.iterations < jacobi_info.iterations / 5
+    assert np.abs(amg - jacobi).max() < 1e-3

@@ -167,3 +167,61 @@ def test_build_runs_on_an_existing_scheduler_by_address(tmp_path, monkeypatch):
     assert summary["by_status"] == {"ok": 1}
     assert any(p.startswith("process") for p in prefixes), prefixes  # ran on that scheduler
     assert (tmp_path / "out" / "dataset.json").is_file()
+
+
+def test_verify_passes_on_the_build_and_lists_damage(demo_build, tmp_path, capsys):
+    import shutil
+
+    from matteforge.cli import main
+    from matteforge.verify import verify_dataset
+
+    report = verify_dataset(str(demo_build))
+    assert report.ok, report.problems
+    assert report.files_checked > 10
+    assert main(["verify", str(demo_build)]) == 0
+    damaged = tmp_path / "damaged"
+    shutil.copytree(demo_build, damaged)
+    samples = pd.read_parquet(damaged / "manifest/samples")
+    ok = samples[samples["status"] == "ok"].iloc[0]
+    (damaged / ok["alpha_uri"]).unlink()
+    fg = damaged / ok["fg_uri"]
+    fg.write_bytes(fg.read_bytes()[:-1] + b"\x00")
+    problems = verify_dataset(str(damaged)).problems
+    assert any("missing file" in p and ok["alpha_uri"] in p for p in problems)
+    assert any(ok["fg_uri"] in p and "sha256" in p for p in problems)
+    capsys.readouterr()
+    assert main(["verify", str(damaged)]) == 1
+    assert "missing file" in capsys.readouterr().out
+
+
+def _run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "matteforge.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_build, tmp_path):
+    import shutil
+
+    from matteforge.verify import verify_dataset
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_build, copy)
+    portraits = demo_build.parent / "data" / "portraits"
+    backgrounds = demo_build.parent / "data" / "backgrounds"
+    before = {p.relative_to(copy): p.read_bytes() for p in (copy / "manifest").rglob("*.parquet")}
+    common = ["build", "--config", "demo", "--input", str(portraits), "--backgrounds",
+              str(backgrounds), "--output", str(copy), "--workers", "1"]
+    again = _run_cli(*common, home=tmp_path / "h1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert '"skipped": 5' in again.stdout and '"samples": 0' in again.stdout
+    after = {p.relative_to(copy): p.read_bytes() for p in (copy / "manifest").rglob("*.parquet")}
+    assert after == before  # no image work, byte-identical manifest
+
+    retry = _run_cli(*common, "--mode", "retry-failed", home=tmp_path / "h2")
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert '"skipped": 4' in retry.stdout and '"rows_replaced": 1' in retry.stdout
+    samples = pd.read_parquet(copy / "manifest/samples")
+    assert len(samples) == 5 and samples["source_uri"].is_unique
+    assert verify_dataset(str(copy)).ok
