@@ -13,7 +13,8 @@ Per size it prints, averaged over the images: wall seconds per image, peak memor
 growth of the process's resident set during one call, read from VmHWM after resetting it through
 /proc/self/clear_refs, with freed heap handed back by malloc_trim first; Linux only, blank
 elsewhere), SAD against the GT over the trimap's unknown
-region, and the speed ratio against pymatting's estimate_alpha_knn.
+region, and the speed ratio against pymatting's estimate_alpha_knn. Where torch sees a GPU, ours
+also runs with the solve on it ("matteforge knn (cuda)": graph on the CPU, Jacobi CG on the GPU).
 
 pymatting builds its graph over the whole image (~4 GB per megapixel for KNN), so above
 ``--skip-reference-above`` megapixels (default 4; 12 MP would need ~45 GB) only ours runs. For
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from matteforge.metrics import sad, unknown_region
 from matteforge.tasks.alpha import AlphaInfo, knn_alpha_with_info
@@ -141,8 +143,14 @@ def methods(infos: list[AlphaInfo]) -> dict[str, Callable[[np.ndarray, np.ndarra
         infos.append(info)
         return alpha
 
+    def ours_on_gpu(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        alpha, _ = knn_alpha_with_info(image, trimap, device="cuda")
+        return alpha
+
+    gpu = {"matteforge knn (cuda)": ours_on_gpu} if torch.cuda.is_available() else {}
     return {
         "matteforge knn (band)": ours,
+        **gpu,
         "pymatting knn": lambda image, trimap: pymatting.estimate_alpha_knn(
             image / 255.0, trimap / 255.0
         ),

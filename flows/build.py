@@ -3,6 +3,10 @@
 This file is the only place that knows the order of the build.  Image work happens inside
 ``process-shard`` tasks (see :mod:`matteforge.flows.shard`), one per shard, on a
 ``DaskTaskRunner``: a LocalCluster by default, or an existing scheduler by address.
+
+Storage options (endpoints, credentials) travel sealed in a ``SecretStr``: Prefect records flow
+parameters in its database and shows them in its UI, and records a SecretStr as ``**********``.
+They reach the workers as task arguments, never through the flow process's global state.
 """
 
 from __future__ import annotations
@@ -17,17 +21,27 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
+from pydantic import SecretStr
 
 from matteforge import __version__
-from matteforge.config import BuildConfig, RunConfig, load_config
+from matteforge.config import (
+    LOCATIONS,
+    BuildConfig,
+    RunConfig,
+    load_config,
+    seal_storage,
+    unseal_storage,
+)
 from matteforge.flows.backgrounds import index_backgrounds
 from matteforge.flows.plan import InputFile, plan_build, stale_rows
 from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
+from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.segment import load_segmenter
 from matteforge.tasks.storage import (
     Location,
+    clear_temporary,
     list_file_sizes,
     locate,
     redact_uri,
@@ -39,9 +53,12 @@ _VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy"
 
 
 def make_task_runner(run: RunConfig) -> DaskTaskRunner:
-    """An existing scheduler when an address is given, else a LocalCluster of processes."""
+    """An existing scheduler by address, a cluster class (e.g. KubeCluster), or a LocalCluster."""
     if run.dask_address:
         return DaskTaskRunner(address=run.dask_address)
+    if run.cluster_class:
+        return DaskTaskRunner(cluster_class=run.cluster_class, cluster_kwargs=run.cluster_kwargs,
+                              adapt_kwargs=run.adapt_kwargs)
     kwargs: dict[str, Any] = {"threads_per_worker": run.threads_per_worker, "processes": True,
                               "dashboard_address": None}
     if run.n_workers is not None:
@@ -53,15 +70,19 @@ def make_task_runner(run: RunConfig) -> DaskTaskRunner:
 def process_shard(
     shard: str, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
     backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
+    storage: SecretStr | None = None,
 ) -> ShardSummary:
-    return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
+    return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
+                     storage_options=unseal_storage(storage))
 
 
 @task(name="index-backgrounds", cache_policy=NONE)
 def index_backgrounds_task(
-    backgrounds_uri: str, output_uri: str, cfg: BuildConfig
+    backgrounds_uri: str, output_uri: str, cfg: BuildConfig, storage: SecretStr | None = None
 ) -> list[BackgroundRef]:
-    src, out = locate(backgrounds_uri), locate(output_uri)
+    opts = unseal_storage(storage)
+    src = locate(backgrounds_uri, opts.get("backgrounds"))
+    out = locate(output_uri, opts.get("output"))
     files = list_file_sizes(src, cfg.ingest.extensions)
     known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()}
     rows, refs = index_backgrounds(
@@ -83,13 +104,14 @@ def _progress_line(done: int, total: int, images: int, n_images: int, counts: di
 def process_shards(
     shards: list[tuple[str, list[str]]], cfg_data: dict[str, Any], input_uri: str,
     backgrounds_uri: str,
-    bg_refs: list[BackgroundRef], output_uri: str,
+    bg_refs: list[BackgroundRef], output_uri: str, storage: SecretStr | None = None,
 ) -> list[ShardSummary]:
     """Fan shards out to Dask and report progress as each one lands."""
     logger = get_run_logger()
     started = time.perf_counter()
     futures = [
-        process_shard.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri)
+        process_shard.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
+                             storage)
         for key, uris in shards
     ]
     n_images = sum(len(uris) for _, uris in shards)
@@ -115,42 +137,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def summarize(summaries: list[ShardSummary], seconds: float) -> dict[str, Any]:
-    """Counts, reasons and per-stage seconds per megapixel over all shards."""
-    counts: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    stage: dict[str, float] = {}
-    for s in summaries:
-        for src, dst in ((s.counts, counts), (s.reasons, reasons)):
-            for k, v in src.items():
-                dst[k] = dst.get(k, 0) + v
-        for k, v in s.stage_seconds.items():
-            stage[k] = stage.get(k, 0.0) + v
-    megapixels = sum(s.megapixels for s in summaries)
-    images = sum(counts.values())
-    return {
-        "samples": images, "by_status": dict(sorted(counts.items())),
-        "by_reason": dict(sorted(reasons.items())),
-        "composites": sum(s.composites for s in summaries),
-        "megapixels": round(megapixels, 4), "seconds": round(seconds, 3),
-        "images_per_second": round(images / seconds, 4) if seconds > 0 else None,
-        "stage_seconds_per_megapixel": {
-            k: round(v / megapixels, 4) for k, v in sorted(stage.items()) if megapixels > 0
-        },
-    }
-
-
 def _manifest_checksums(out: Location) -> dict[str, str]:
     sums = {}
     for table in manifest.TABLES:
-        folder = out.path("manifest", table)
-        if not out.fs.exists(folder):
-            continue
-        for path in sorted(out.fs.ls(folder, detail=False)):
-            name = path.rsplit("/", 1)[-1]
-            if name.startswith("shard-"):
-                with out.fs.open(path, "rb") as fh:
-                    sums[f"manifest/{table}/{name}"] = content_hash(fh.read())
+        for name, path in manifest.shard_files(out, table).items():
+            with out.fs.open(path, "rb") as fh:
+                sums[f"manifest/{table}/{name}"] = content_hash(fh.read())
     return sums
 
 
@@ -161,9 +153,18 @@ def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, li
 
 def _clear_previous(out: Location) -> None:
     """Overwrite mode: the old manifest goes; files are replaced as shards are rewritten."""
-    for rel in ("manifest", "dataset.json"):
+    for rel in ("manifest", "dataset.json", STATS_FILE):
         if out.fs.exists(out.path(rel)):
             out.fs.rm(out.path(rel), recursive=True)
+
+
+def _recover(out: Location) -> list[str]:
+    """Undo what a killed build left half-done: temporary files, uncommitted composites files.
+
+    Runs before any worker starts, so nothing is writing.  Returns the discarded shard names.
+    """
+    clear_temporary(out)
+    return manifest.discard_uncommitted(out)
 
 
 def _drop_rows(out: Location, drop: set[tuple[str, str]]) -> int:
@@ -188,7 +189,9 @@ def _drop_rows(out: Location, drop: set[tuple[str, str]]) -> int:
         if composites is not None:
             rows = [r for r in composites.to_pylist() if r["sample_id"] not in gone_ids]
             manifest.rewrite_shard(out, "composites", shard, rows)
-        manifest.rewrite_shard(out, "samples", shard, keep)
+        run = (all_samples[shard].schema.metadata or {}).get(manifest.SHARD_RUN_KEY.encode())
+        manifest.rewrite_shard(out, "samples", shard, keep,
+                               {manifest.SHARD_RUN_KEY: run.decode()} if run else None)
     return sum(len(u) for u in by_shard.values())
 
 
@@ -210,6 +213,60 @@ def dataset_counts(out: Location) -> dict[str, Any]:
             "composites_by_split": dict(sorted(by_split.items()))}
 
 
+def model_record(seg: Any) -> dict[str, Any]:
+    """dataset.json's ``model``: the mask model, its license and every weights file behind it."""
+    return {"id": seg.model_id, "sha256": seg.weights_sha256, "license": seg.license,
+            "models": dict(seg.models)}
+
+
+def _config_record(cfg: BuildConfig) -> dict[str, Any]:
+    """The config as dataset.json keeps it: no locations, a user model's URI without userinfo."""
+    record = cfg.model_dump(mode="json", exclude={"input", "backgrounds", "output"})
+    user_model = record.get("segment", {}).get("model")
+    if isinstance(user_model, dict) and isinstance(user_model.get("uri"), str):
+        user_model["uri"] = redact_uri(user_model["uri"])
+    return record
+
+
+def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources: dict[str, str],
+                 summary: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+    """stats.json, then dataset.json (written last: its presence means the dataset is done).
+
+    Shared by the build and the reprocess flow.  ``parent`` (a reprocessed version's lineage)
+    defaults to the one already recorded at ``out``, so builds into a version keep it.
+    """
+    stats = dataset_stats(manifest.read_shards(out, "samples"),
+                          {k: v for k, v in summary.items() if k != "dataset"})
+    stats_bytes = json.dumps(stats, indent=2, sort_keys=True).encode()
+    write_bytes_atomic(out, out.path(STATS_FILE), stats_bytes)
+    dataset = {
+        "name": cfg.name,
+        "schema_version": manifest.SCHEMA_VERSION,
+        "config_hash": cfg.config_hash(),
+        "config": _config_record(cfg),
+        "sources": sources,
+        "model": model,
+        "versions": _versions(),
+        "counts": summary["dataset"],
+        "last_run": {k: v for k, v in summary.items() if k != "dataset"},
+        "checksums": {**_manifest_checksums(out), STATS_FILE: content_hash(stats_bytes)},
+    }
+    if parent := parent or _parent_of(out):
+        dataset["parent"] = parent
+    write_bytes_atomic(out, out.path("dataset.json"),
+                       json.dumps(dataset, indent=2, sort_keys=True).encode())
+    clear_temporary(out)  # every writer is done: a finished dataset has no .tmp/ folder
+
+
+def _parent_of(out: Location) -> dict[str, Any] | None:
+    """``parent`` of the dataset.json already at ``out`` (written by the reprocess flow)."""
+    path = out.path("dataset.json")
+    if not out.fs.exists(path):
+        return None
+    with out.fs.open(path, "rb") as fh:
+        return json.loads(fh.read()).get("parent")
+
+
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(
     config: str | dict[str, Any] | None = None,
@@ -220,11 +277,14 @@ def build_dataset(
     n_workers: int | None = None,
     shard_size: int | None = None,
     mode: str | None = None,
+    storage_options: SecretStr | None = None,
 ) -> dict[str, Any]:
     """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
 
     ``config`` is a YAML path, a packaged config name (``demo``) or a dict; the other
-    parameters override it.  Returns the summary also written to ``dataset.json``.
+    parameters override it.  ``storage_options`` (made by :func:`~matteforge.config.seal_storage`
+    from data shaped like the config's ``storage`` section) is merged over that section.
+    Returns the summary also written to ``dataset.json``.
     """
     started = time.perf_counter()
     overrides = {"input": input, "backgrounds": backgrounds, "output": output,
@@ -237,11 +297,17 @@ def build_dataset(
     assert cfg.input and cfg.backgrounds and cfg.output
     logger = get_run_logger()
     seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
-    out = locate(cfg.output)
+    storage = cfg.storage.with_overrides(unseal_storage(storage_options))
+    opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
+    sealed = seal_storage(opts)
+    out = locate(cfg.output, opts["output"])
     if cfg.run.mode == "overwrite":
         _clear_previous(out)
+    if discarded := _recover(out):
+        logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
+                       len(discarded))
     config_hash = cfg.config_hash()
-    src = locate(cfg.input)
+    src = locate(cfg.input, opts["input"])
     listing = [InputFile(path, redact_uri(src.url(path)), size)
                for path, size in list_file_sizes(src, cfg.ingest.extensions)]
     old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
@@ -251,7 +317,7 @@ def build_dataset(
     plan = plan_build(listing, existing, cfg.run.mode, config_hash, seg.weights_sha256)
     logger.info("%d input files: %d to process, %d already done (mode %s), shards of %d",
                 len(listing), len(plan.todo), plan.skipped, cfg.run.mode, cfg.run.shard_size)
-    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg)
+    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed)
     if not bg_refs:
         logger.warning("no usable backgrounds: samples are processed but get no composites")
     shards = _shards([f.path for f in plan.todo], cfg.run.shard_size, config_hash)
@@ -259,7 +325,7 @@ def build_dataset(
     if shards:
         summaries = process_shards.with_options(task_runner=make_task_runner(cfg.run))(
             shards, cfg.model_dump(mode="json"), cfg.input, cfg.backgrounds, bg_refs,
-            cfg.output,
+            cfg.output, sealed,
         )
     written = {manifest.shard_name(key) for key, _ in shards}
     now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
@@ -267,20 +333,9 @@ def build_dataset(
     summary = summarize(summaries, time.perf_counter() - started)
     summary.update(skipped=plan.skipped, rows_replaced=dropped, backgrounds_usable=len(bg_refs),
                    dataset=dataset_counts(out))
-    dataset = {
-        "name": cfg.name,
-        "schema_version": manifest.SCHEMA_VERSION,
-        "config_hash": cfg.config_hash(),
-        "config": cfg.model_dump(mode="json", exclude={"input", "backgrounds", "output"}),
-        "sources": {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
-        "model": {"id": seg.model_id, "sha256": seg.weights_sha256, "license": seg.license},
-        "versions": _versions(),
-        "counts": summary["dataset"],
-        "last_run": {k: v for k, v in summary.items() if k != "dataset"},
-        "checksums": _manifest_checksums(out),
-    }
-    write_bytes_atomic(out, out.path("dataset.json"),
-                       json.dumps(dataset, indent=2, sort_keys=True).encode())
+    write_record(out, cfg, model_record(seg),
+                 {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
+                 summary)
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
     return summary

@@ -7,6 +7,7 @@ any failure into a row, and writes the files and then the shard's manifest (the 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -40,6 +41,8 @@ class BackgroundRef:
 
 @dataclass
 class ShardSummary:
+    """What one shard holds and how long the task that wrote it took (its stats)."""
+
     shard: str
     counts: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -47,6 +50,36 @@ class ShardSummary:
     seconds: float = 0.0
     megapixels: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    inputs: int = 0  # inputs the writing task processed (rows may since have been replaced)
+
+    @classmethod
+    def from_rows(
+        cls, shard: str, rows: list[dict[str, Any]], composites: int, seconds: float,
+        inputs: int | None = None,
+    ) -> ShardSummary:
+        """Counts by status and reason, megapixels and stage seconds of a shard's sample rows."""
+        summary = cls(shard=shard, composites=composites, seconds=seconds,
+                      inputs=len(rows) if inputs is None else inputs)
+        for row in rows:
+            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+            if row["reason"]:
+                summary.reasons[row["reason"]] = summary.reasons.get(row["reason"], 0) + 1
+            if row.get("width") and row.get("height"):
+                summary.megapixels += row["width"] * row["height"] / 1e6
+            for stage in manifest.STAGES:
+                spent = row.get(f"seconds_{stage}") or 0.0
+                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + spent
+        return summary
+
+    def stats(self) -> dict[str, Any]:
+        """The shard's entry in ``stats.json``."""
+        return {
+            "samples": sum(self.counts.values()), "by_status": dict(sorted(self.counts.items())),
+            "by_reason": dict(sorted(self.reasons.items())), "composites": self.composites,
+            "megapixels": round(self.megapixels, 4), "inputs": self.inputs,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.inputs / self.seconds, 4) if self.seconds else None,
+        }
 
 
 class BackgroundCache:
@@ -185,7 +218,8 @@ def _run_stages(
             image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
             constraint_weight=math.inf if a.constraint_weight is None else a.constraint_weight,
             prior=result.probability,
-            prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter)
+            prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter,
+            search_eps=a.search_eps, device=a.device)
         alpha8 = to_uint8(alpha)
     row["alpha_iterations"], row["alpha_residual"] = info.iterations, info.residual
     with timer("foreground"):
@@ -243,18 +277,24 @@ def run_shard(
     backgrounds_uri: str,
     bg_refs: list[BackgroundRef],
     output_uri: str,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, dict[str, Any]] | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> ShardSummary:
-    """Process every input of one shard, then commit its manifest files (composites first)."""
+    """Process every input of one shard, then commit its manifest files (composites first).
+
+    ``storage_options`` holds fsspec options per location (``input``, ``backgrounds``,
+    ``output``); they come with the task, so a worker on another machine gets them too.
+    """
     start = time.perf_counter()
     cfg = BuildConfig.model_validate(cfg_data)
     _configure_threads(cfg.run.torch_threads)
-    src, bgs, out = (locate(u, storage_options) for u in (input_uri, backgrounds_uri, output_uri))
+    opts = storage_options or {}
+    src, bgs, out = (locate(uri, opts.get(name)) for name, uri in
+                     (("input", input_uri), ("backgrounds", backgrounds_uri),
+                      ("output", output_uri)))
     seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
     cache = BackgroundCache(bgs, bg_refs)
     samples, composites = [], []
-    summary = ShardSummary(shard=shard)
     for uri in uris:
         try:
             data = read_bytes(src, uri, max_bytes=cfg.ingest.max_bytes)
@@ -270,18 +310,11 @@ def run_shard(
         composites.extend(rows[1])
         if on_sample is not None:
             on_sample(rows[0])
+    summary = ShardSummary.from_rows(shard, samples, len(composites),
+                                     time.perf_counter() - start)
     name = manifest.shard_name(shard)
+    run = {"seconds": round(summary.seconds, 3), "inputs": summary.inputs}
     manifest.write_table(out, "composites", name, composites)
-    manifest.write_table(out, "samples", name, samples)
-    for row in samples:
-        summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
-        if row["reason"]:
-            summary.reasons[row["reason"]] = summary.reasons.get(row["reason"], 0) + 1
-        if row.get("width") and row.get("height"):
-            summary.megapixels += row["width"] * row["height"] / 1e6
-        for stage in manifest.STAGES:
-            key = f"seconds_{stage}"
-            summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + row.get(key, 0.0)
-    summary.composites = len(composites)
-    summary.seconds = time.perf_counter() - start
+    manifest.write_table(out, "samples", name, samples,
+                         {manifest.SHARD_RUN_KEY: json.dumps(run, sort_keys=True)})
     return summary

@@ -88,7 +88,7 @@ def cmd_alpha(args: argparse.Namespace) -> None:
 
     image, tri = _read_rgb(args.image), _read_gray(args.trimap)
     _same_size("trimap", tri, image, "image")
-    alpha, info = knn_alpha_with_info(image, tri, n_neighbors=args.neighbors)
+    alpha, info = knn_alpha_with_info(image, tri, n_neighbors=args.neighbors, device=args.device)
     _write(args.out, to_uint8(alpha))
     print(f"{args.out}: {info.n_unknown} unknown px, {info.iterations} iterations, "
           f"{info.seconds_graph + info.seconds_solve:.2f} s")
@@ -126,10 +126,30 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _storage_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--storage-option`` and ``--endpoint-url`` as data shaped like the config's storage."""
+    from matteforge.config import merge_options, parse_storage_option
+
+    data: dict[str, Any] = {}
+    items = list(args.storage_option or [])
+    if args.endpoint_url:
+        items.insert(0, f"endpoint_url={args.endpoint_url}")
+    for item in items:
+        try:
+            data = merge_options(data, parse_storage_option(item))
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    return data
+
+
 def cmd_build(args: argparse.Namespace) -> None:
+    from matteforge.config import seal_storage
+
+    storage = _storage_flags(args)
     summary = _run_build(config=args.config, input=args.input, backgrounds=args.backgrounds,
                          output=args.output, dask_address=args.dask_address,
-                         n_workers=args.workers, shard_size=args.shard_size, mode=args.mode)
+                         n_workers=args.workers, shard_size=args.shard_size, mode=args.mode,
+                         storage_options=seal_storage(storage) if storage else None)
     _print_summary(summary, args.output or "(output from config)")
 
 
@@ -143,15 +163,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
+    from matteforge.config import StorageConfig
     from matteforge.verify import verify_dataset
 
-    report = verify_dataset(args.dataset, hashes=not args.no_hash)
+    options = StorageConfig.model_validate(_storage_flags(args)).for_location("output",
+                                                                              args.dataset)
+    report = verify_dataset(args.dataset, hashes=not args.no_hash, storage_options=options)
     for problem in report.problems:
         print(problem)
     print(f"{args.dataset}: {report.files_checked} files checked, "
           f"{len(report.problems)} problem(s)")
     if not report.ok:
         raise DatasetInvalid(f"{len(report.problems)} problem(s) in {args.dataset}")
+
+
+def _add_storage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", action="append", metavar="[LOCATION:]KEY=VALUE",
+                   help="fsspec storage option (repeatable; dotted KEY nests, e.g. "
+                   "client_kwargs.region_name=eu-west-1); LOCATION is input, backgrounds or "
+                   "output, else it applies to every remote location; never recorded")
+    p.add_argument("--endpoint-url", help="object-store endpoint (S3-compatible servers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, help="images per Prefect task")
     p.add_argument("--mode", choices=["incremental", "overwrite", "retry-failed"],
                    help="skip finished inputs (default); redo all; redo failed ones too")
+    _add_storage_flags(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("demo", help="build the demo dataset from scikit-image's bundled photos")
@@ -179,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a dataset: files, sizes, hashes, counts")
     p.add_argument("dataset", help="dataset root (folder or fsspec URI)")
     p.add_argument("--no-hash", action="store_true", help="check sizes only, not sha256")
+    _add_storage_flags(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("mask", help="person mask of one image")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="binary mask PNG (0/255)")
     p.add_argument("--prob", help="also write the probability map as 8-bit PNG")
-    p.add_argument("--model", default="mediapipe-selfie")
+    p.add_argument("--model", default="rvm", help="rvm, meet or mediapipe-selfie")
     p.add_argument("--weights", help="own copy of the model weights")
     p.add_argument("--threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_mask)
@@ -204,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trimap")
     p.add_argument("--out", required=True)
     p.add_argument("--neighbors", type=int, default=10)
+    p.add_argument("--device", default=None,
+                   help="solve on a torch device ('cuda', 'auto'); default: CPU with AMG")
     p.set_defaults(func=cmd_alpha)
 
     p = sub.add_parser("foreground", help="estimate the foreground colours from image + alpha")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fsspec.utils import get_protocol
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class _Section(BaseModel):
@@ -33,8 +34,34 @@ class IngestConfig(_Section):
     )
 
 
+class UserModelConfig(_Section):
+    """Your own segmentation model (torch.export, TorchScript or ONNX) from any fsspec URI.
+
+    Frozen (hashable) so a loaded model can be cached per process like the built-in ones.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["torch-export", "torchscript", "onnx"]
+    uri: str = Field(description="Model file: a path or fsspec URI (s3://, gs://, https://, ...).")
+    sha256: str | None = Field(None, description="Refuse the file unless its sha256 is this.")
+    license: str = Field("unknown (user model)", description="Recorded in dataset.json.")
+    input_size: tuple[int, int] = Field((512, 512), description="Model input (height, width).")
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="On RGB / 255.")
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: Literal["nchw", "nhwc"] = Field("nchw", description="Of the input and the output.")
+    output: Literal["probability", "sigmoid", "softmax", "argmax"] = Field(
+        "probability", description="How to read the person map out of the output."
+    )
+    channel: int = Field(0, ge=0, description="Output channel, or class for argmax (VOC: 15).")
+    output_key: str | int = Field(0, description="Which output: index, or name/dict key.")
+
+
 class SegmentConfig(_Section):
-    model: str = "mediapipe-selfie"
+    model: str | UserModelConfig = Field(
+        "rvm", description="rvm (GPL-3.0), meet, mediapipe-selfie (Apache-2.0), or your model."
+    )
     weights_path: str | None = Field(None, description="Own copy of the weights (sha256-checked).")
     presence_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Presence cut; None = model default."
@@ -60,6 +87,14 @@ class AlphaConfig(_Section):
     prior_weight: float = Field(0.0, ge=0.0, description="Pull towards the mask probability.")
     tol: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(2000, ge=1)
+    search_eps: float = Field(
+        1.0, ge=0.0, description="Approximate neighbour search (0 = exact); see tasks/alpha.py."
+    )
+    device: str | None = Field(
+        "auto",
+        description="Solve on: 'auto' (a GPU when torch sees one, else the CPU AMG path), "
+        "'cuda' (torch Jacobi CG; error without a GPU), or null (always the CPU AMG path).",
+    )
 
 
 class CompositeConfig(_Section):
@@ -83,6 +118,83 @@ class RunConfig(_Section):
     n_workers: int | None = Field(None, ge=1, description="LocalCluster workers; None = CPU count.")
     threads_per_worker: int = Field(1, ge=1)
     torch_threads: int = Field(1, ge=1, description="torch/BLAS threads inside each worker.")
+    cluster_class: str | None = Field(
+        None, description="Dask cluster class started per build, e.g. "
+        "dask_kubernetes.operator.KubeCluster; None = LocalCluster (ignored with dask_address)."
+    )
+    cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments for cluster_class (image, n_workers, ...)."
+    )
+    adapt_kwargs: dict[str, Any] | None = Field(
+        None, description="cluster.adapt() bounds, e.g. {minimum: 1, maximum: 20}; None = fixed."
+    )
+
+
+LOCATIONS = ("input", "backgrounds", "output")
+
+
+class StorageConfig(_Section):
+    """fsspec ``storage_options`` per location: endpoint, region, anonymous access, profile ...
+
+    ``options`` applies to every location that is not a local path; ``input``, ``backgrounds``
+    and ``output`` add to it (and win) for that one location.  None of it is ever recorded:
+    :class:`BuildConfig` leaves this section out of every dump, and flows pass it sealed.
+    """
+
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="For every remote location, e.g. {endpoint_url: ...}."
+    )
+    input: dict[str, Any] = Field(default_factory=dict, description="Only for the input.")
+    backgrounds: dict[str, Any] = Field(default_factory=dict, description="Only for backgrounds.")
+    output: dict[str, Any] = Field(default_factory=dict, description="Only for the output.")
+
+    def for_location(self, name: str, uri: str | None) -> dict[str, Any]:
+        """The options to open location ``name`` (``input``, ...) at ``uri`` with."""
+        local = uri is None or get_protocol(uri) in ("file", "local")
+        return merge_options({} if local else self.options, getattr(self, name))
+
+    def with_overrides(self, extra: dict[str, Any]) -> StorageConfig:
+        return StorageConfig.model_validate(merge_options(self.model_dump(), extra))
+
+
+def merge_options(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, nested mappings merged (``client_kwargs`` keeps other keys)."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_options(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_storage_option(text: str) -> dict[str, Any]:
+    """``[input:|backgrounds:|output:]KEY=VALUE`` → StorageConfig data (dotted KEY nests).
+
+    VALUE stays a string (a secret like ``0123`` must not become a number) except ``true`` and
+    ``false``; options of other types belong in the config file.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"storage option {text.split('=')[0]!r}: expected KEY=VALUE")
+    section, colon, key = key.strip().rpartition(":")
+    if colon and section not in LOCATIONS:
+        raise ValueError(f"storage option prefix {section!r}: use one of {', '.join(LOCATIONS)}")
+    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+    *parents, leaf = key.split(".")
+    data: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        data = {part: data}
+    return {section or "options": data}
+
+
+def seal_storage(data: dict[str, Any]) -> SecretStr:
+    """Storage options as a flow parameter: Prefect records a SecretStr as ``**********``."""
+    return SecretStr(json.dumps(data, sort_keys=True))
+
+
+def unseal_storage(sealed: SecretStr | None) -> dict[str, Any]:
+    return json.loads(sealed.get_secret_value()) if sealed is not None else {}
 
 
 class BuildConfig(_Section):
@@ -99,6 +211,10 @@ class BuildConfig(_Section):
     input: str | None = Field(None, description="Folder or fsspec URI of portraits.")
     backgrounds: str | None = Field(None, description="Folder or fsspec URI of backgrounds.")
     output: str | None = Field(None, description="Dataset root (folder or fsspec URI).")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, exclude=True, repr=False,
+        description="fsspec storage options; left out of dumps, so never in dataset.json.",
+    )
 
     @model_validator(mode="after")
     def _extensions_lowercase(self) -> BuildConfig:
@@ -113,6 +229,8 @@ class BuildConfig(_Section):
             include={"seed", "ingest", "segment", "trimap", "alpha", "composite"}
         )
         relevant["segment"].pop("weights_path", None)
+        # Where the solve runs changes alphas by < 1e-3, below 8-bit output: not a new dataset.
+        relevant["alpha"].pop("device", None)
         blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

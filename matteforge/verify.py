@@ -1,8 +1,10 @@
-"""Check a built dataset against its own manifest and dataset.json.
+"""Check a built dataset against its own manifest, dataset.json and stats.json.
 
 A dataset is trusted when every file a manifest row names exists with the recorded size and
-hash, no row is duplicated, the manifest files are the ones dataset.json checksummed, and the
-counts agree.  ``matteforge verify OUT`` prints every problem found and exits non-zero.
+hash, no row is duplicated, every manifest file is committed and is one dataset.json
+checksummed, and the counts agree.  ``matteforge verify OUT`` prints every problem found and
+exits non-zero.  Sizes come from one recursive listing, so an object store answers a few LIST
+requests instead of one HEAD per file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.storage import Location, locate
+from matteforge.tasks.storage import Location, locate, refresh
+
+STATS_FILE = manifest.STATS_FILE
 
 
 @dataclass
@@ -27,25 +31,50 @@ class Report:
         return not self.problems
 
 
-def _check_file(
-    out: Location, rel: str | None, size: int | None, digest: str | None, hashes: bool,
-    report: Report, owner: str,
-) -> None:
-    if not rel:
-        report.problems.append(f"{owner}: no file recorded")
-        return
+@dataclass
+class _Checker:
+    out: Location
+    sizes: dict[str, int]  # relative path → size, from one listing
+    hashes: bool
+    report: Report
+
+    def file(self, rel: str | None, size: int | None, digest: str | None, owner: str,
+             hashed: bool | None = None) -> None:
+        if not rel:
+            self.report.problems.append(f"{owner}: no file recorded")
+            return
+        self.report.files_checked += 1
+        if rel not in self.sizes:
+            self.report.problems.append(f"{owner}: missing file {rel}")
+            return
+        if size is not None and self.sizes[rel] != size:
+            self.report.problems.append(
+                f"{owner}: {rel} is {self.sizes[rel]} bytes, manifest says {size}")
+            return
+        if (self.hashes if hashed is None else hashed) and digest:
+            with self.out.fs.open(self.out.path(rel), "rb") as fh:
+                if content_hash(fh.read()) != digest:
+                    self.report.problems.append(f"{owner}: {rel} does not match its sha256")
+
+
+def _listing(out: Location) -> dict[str, int]:
+    refresh(out)
+    if not out.fs.exists(out.root):
+        return {}
+    prefix = out.root.rstrip("/") + "/"
+    return {path.removeprefix(prefix): info.get("size")
+            for path, info in out.fs.find(out.root, detail=True).items()
+            if info.get("type") == "file"}
+
+
+def _read_json(out: Location, rel: str, report: Report, absent: str | None) -> dict[str, Any]:
     path = out.path(rel)
-    report.files_checked += 1
     if not out.fs.exists(path):
-        report.problems.append(f"{owner}: missing file {rel}")
-        return
-    if size is not None and out.fs.size(path) != size:
-        report.problems.append(f"{owner}: {rel} is {out.fs.size(path)} bytes, manifest says {size}")
-        return
-    if hashes and digest:
-        with out.fs.open(path, "rb") as fh:
-            if content_hash(fh.read()) != digest:
-                report.problems.append(f"{owner}: {rel} does not match its sha256")
+        if absent:
+            report.problems.append(absent)
+        return {}
+    with out.fs.open(path, "rb") as fh:
+        return json.loads(fh.read())
 
 
 def _duplicates(values: list[Any], what: str, report: Report) -> None:
@@ -54,22 +83,53 @@ def _duplicates(values: list[Any], what: str, report: Report) -> None:
             report.problems.append(f"{what} {value} appears {n} times")
 
 
+def _check_commits(meta: dict[str, Any], check: _Checker) -> None:
+    """dataset.json's checksums match, and every shard file is committed and checksummed."""
+    listed = meta.get("checksums", {})
+    for rel, digest in listed.items():
+        check.file(rel, None, digest, "dataset.json checksum", hashed=True)
+    for name in manifest.uncommitted_shards(check.out):
+        check.report.problems.append(f"manifest/composites/{name} has no samples file: a build "
+                                     "was killed while committing it (the next build removes it)")
+    if not meta:
+        return
+    for table in manifest.TABLES:
+        for name in manifest.shard_files(check.out, table):
+            if f"manifest/{table}/{name}" not in listed:
+                check.report.problems.append(f"manifest/{table}/{name} is not in dataset.json: "
+                                             "written by a build that has not finished")
+
+
+def _check_counts(meta: dict[str, Any], stats: dict[str, Any], samples: list[dict[str, Any]],
+                  n_composites: int, shard_names: set[str], report: Report) -> None:
+    by_status = dict(sorted(Counter(r["status"] for r in samples).items()))
+    for source, counts in (("dataset.json", meta.get("counts")),
+                           (STATS_FILE, stats.get("dataset"))):
+        if not counts:
+            continue
+        if counts.get("by_status") != by_status:
+            report.problems.append(f"status counts {by_status} != {source} "
+                                   f"{counts.get('by_status')}")
+        if counts.get("composites") != n_composites:
+            report.problems.append(f"{n_composites} composite rows != {source} "
+                                   f"{counts.get('composites')}")
+    if stats and set(stats.get("shards", {})) != shard_names:
+        report.problems.append(f"{STATS_FILE} lists other shards than manifest/samples holds")
+
+
 def verify_dataset(
     uri: str, *, hashes: bool = True, storage_options: dict[str, Any] | None = None
 ) -> Report:
     """Every check on the dataset at ``uri``; problems are collected, never raised."""
     out = locate(uri, storage_options)
     report = Report()
-    meta_path = out.path("dataset.json")
-    if not out.fs.exists(meta_path):
-        report.problems.append("dataset.json is missing (the build never finished)")
-        meta: dict[str, Any] = {}
-    else:
-        with out.fs.open(meta_path, "rb") as fh:
-            meta = json.loads(fh.read())
-    for rel, digest in meta.get("checksums", {}).items():
-        _check_file(out, rel, None, digest, True, report, "dataset.json checksum")
-    samples = manifest.read_table(out, "samples").to_pylist()
+    check = _Checker(out, _listing(out), hashes, report)
+    meta = _read_json(out, "dataset.json", report,
+                      "dataset.json is missing (the build never finished)")
+    stats = _read_json(out, STATS_FILE, report, None)
+    _check_commits(meta, check)
+    sample_shards = manifest.read_shards(out, "samples")
+    samples = [r for t in sample_shards.values() for r in t.to_pylist()]
     composites = manifest.read_table(out, "composites").to_pylist()
     _duplicates([r["source_uri"] for r in samples], "sample source", report)
     _duplicates([r["composite_id"] for r in composites], "composite", report)
@@ -77,29 +137,21 @@ def verify_dataset(
         if row["status"] != "ok":
             continue
         for kind in manifest.ARTIFACTS:
-            _check_file(out, row[f"{kind}_uri"], row[f"{kind}_bytes"], row[f"{kind}_sha256"],
-                        hashes, report, f"sample {row['sample_id']}")
+            check.file(row[f"{kind}_uri"], row[f"{kind}_bytes"], row[f"{kind}_sha256"],
+                       f"sample {row['sample_id']}")
     ok_samples = {r["sample_id"]: r for r in samples if r["status"] == "ok"}
     per_sample = Counter(r["sample_id"] for r in composites)
     for row in composites:
         owner = f"composite {row['composite_id']}"
-        _check_file(out, row["merged_uri"], row["merged_bytes"], row["merged_sha256"], hashes,
-                    report, owner)
+        check.file(row["merged_uri"], row["merged_bytes"], row["merged_sha256"], owner)
         if row["sample_id"] not in ok_samples:
             report.problems.append(f"{owner}: its sample is not an ok row of the manifest")
-        if "://" not in (row["bg_uri"] or "") and not out.fs.exists(out.path(row["bg_uri"])):
+        if "://" not in (row["bg_uri"] or "") and row["bg_uri"] not in check.sizes:
             report.problems.append(f"{owner}: missing background {row['bg_uri']}")
     for sid, row in ok_samples.items():
         if per_sample.get(sid, 0) != row["n_composites"]:
             report.problems.append(f"sample {sid}: {per_sample.get(sid, 0)} composite rows, "
                                    f"n_composites says {row['n_composites']}")
-    counts = meta.get("counts", {})
-    if counts:
-        by_status = dict(sorted(Counter(r["status"] for r in samples).items()))
-        if counts.get("by_status") != by_status:
-            report.problems.append(f"status counts {by_status} != dataset.json "
-                                   f"{counts.get('by_status')}")
-        if counts.get("composites") != len(composites):
-            report.problems.append(f"{len(composites)} composite rows != dataset.json "
-                                   f"{counts.get('composites')}")
+    _check_counts(meta, stats, samples, len(composites), set(sample_shards), report)
     return report
+

@@ -21,13 +21,14 @@ Example:
     >>> trimap = np.array([[0] * 3 + [128] * 6 + [255] * 3], np.uint8)
     >>> alpha = knn_alpha(image, trimap, n_neighbors=2, band_radius=10)
     >>> [round(float(a), 2) for a in alpha[0, 3:9]]
-    [0.14, 0.29, 0.43, 0.57, 0.71, 0.86]
+    [0.22, 0.33, 0.44, 0.56, 0.67, 0.78]
 """
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -54,10 +55,15 @@ KERNEL_SCALE = 2.0
 KERNEL_FLOOR = 0.01
 # Band radius as a fraction of the image diagonal. Accuracy barely moves between 2 px and 20 px at
 # ~0.15 MP and between 3 px and 40 px at ~0.6 MP (<2 % SAD), while 0 px (no known pixel in the
-# graph) fails outright; ~1 % of the diagonal sits on the flat part at every size measured.
-BAND_RADIUS_FRACTION = 0.01
+# graph) fails outright. 0.5 % of the diagonal still sits on the flat part at every size measured
+# (five 1 MP P3M portraits: SAD 8.72 at 1 %, 8.75 at 0.5 %) and shrinks the graph by a third.
+BAND_RADIUS_FRACTION = 0.005
 MIN_BAND_RADIUS = 3
 DEFAULT_PRIOR = 0.5
+# Approximate neighbour search: with eps = 1 (neighbours within 2x the true k-th distance) the
+# KD-tree search took 30-45 % less time on the 1 MP P3M bands and mean SAD over five portraits
+# moved from 8.70 to 8.66; eps = 2 saved little more.
+DEFAULT_SEARCH_EPS = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def split_trimap(trimap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def default_band_radius(shape: tuple[int, ...]) -> int:
-    """Band radius in pixels for an image of ``shape``: ~1 % of the diagonal, at least 3 px.
+    """Band radius in pixels for an image of ``shape``: 0.5 % of the diagonal, at least 3 px.
 
     Scaling with the image keeps the band's share of known pixels constant when the same portrait
     comes at a different resolution (trimap widths are scaled the same way upstream).
@@ -127,33 +133,47 @@ def knn_features(image: np.ndarray, pixels: np.ndarray, spatial_weight: float = 
 
 
 def nearest_neighbors(
-    features: np.ndarray, n_neighbors: int, chunk: int = 1 << 18
+    features: np.ndarray,
+    n_neighbors: int,
+    chunk: int = 1 << 18,
+    queries: np.ndarray | None = None,
+    eps: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(distances, indices)`` of each row's ``n_neighbors`` nearest other rows, shape (n, k).
+    """``(distances, indices)`` of the ``n_neighbors`` nearest other rows, shape (q, k).
 
-    scipy's KD-tree with all cores was 1.7x faster than sklearn's kd_tree and 9x faster than its
-    ball_tree on 170k band pixels. The point itself is dropped wherever it appears in its list
-    (with duplicate features it need not come first). Queries run ``chunk`` rows at a time and
-    come back as float32 / int32, so a 12 MP band does not hold (n, k + 1) float64 + int64
-    temporaries for every row at once.
+    ``queries`` picks the rows that search (default: all); every row can be found. ``eps`` > 0
+    makes the search approximate: each reported k-th neighbour is within (1 + eps) times the
+    true k-th distance (scipy's KD-tree contract). scipy's KD-tree with all cores was 1.7x
+    faster than sklearn's kd_tree and 9x faster than its ball_tree on 170k band pixels. The
+    point itself is dropped wherever it appears in its list (with duplicate features it need not
+    come first). Queries run ``chunk`` rows at a time and come back as float32 / int32, so a
+    12 MP band does not hold (q, k + 1) float64 + int64 temporaries for every row at once.
     """
     n = len(features)
+    query_rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    q = len(query_rows)
     k = min(n_neighbors, n - 1)
     if k <= 0:
-        return np.empty((n, 0), dtype=np.float32), np.empty((n, 0), dtype=np.int32)
+        return np.empty((q, 0), dtype=np.float32), np.empty((q, 0), dtype=np.int32)
     tree = cKDTree(features)
-    distances = np.empty((n, k), dtype=np.float32)
-    indices = np.empty((n, k), dtype=np.int32)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        found_d, found_i = tree.query(features[start:stop], k=k + 1, workers=-1)
-        is_self = found_i == np.arange(start, stop)[:, None]
-        # Drop the self entry, or the farthest one for the rare row whose self fell off the list.
-        drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-        keep = np.ones_like(is_self)
-        keep[np.arange(stop - start), drop] = False
-        distances[start:stop] = found_d[keep].reshape(-1, k)
-        indices[start:stop] = found_i[keep].reshape(-1, k)
+    distances = np.empty((q, k), dtype=np.float32)
+    indices = np.empty((q, k), dtype=np.int32)
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
+        rows = query_rows[start:stop]
+        found_d, found_i = tree.query(features[rows], k=k + 1, eps=eps, workers=-1)
+        distances[start:stop] = found_d[:, 1:]
+        indices[start:stop] = found_i[:, 1:]
+        # The point itself almost always comes first; fix the rows where it does not.
+        odd = np.flatnonzero(found_i[:, 0] != rows)
+        if len(odd):
+            is_self = found_i[odd] == rows[odd, None]
+            # Drop the self entry, or the farthest one for a row whose self fell off the list.
+            drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+            keep = np.ones_like(is_self)
+            keep[np.arange(len(odd)), drop] = False
+            distances[start + odd] = found_d[odd][keep].reshape(-1, k)
+            indices[start + odd] = found_i[odd][keep].reshape(-1, k)
     return distances, indices
 
 
@@ -242,64 +262,74 @@ def eliminated_knn_system(
     node_alpha: np.ndarray,
     prior: np.ndarray,
     prior_weight: float = 0.0,
+    sources: np.ndarray | None = None,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """``(M, b, floating)`` of ``eliminated_system`` straight from the KNN lists.
 
-    ``indices``/``weights`` are W's rows (node i → its K neighbours); A = W + Wᵀ is never formed.
-    Degrees and the known side −L_uk α_k come from bincounts over the edges, and only the
-    edges between two unknown nodes make matrix entries, in one COO → CSR conversion. On a 12 MP
-    portrait (2.2M band nodes) the route through A and L peaked at 2118 MiB for the whole process
-    (Jacobi solve), this one at 1592 MiB (AMG solve included).
+    ``indices``/``weights`` are W's rows: node ``sources[r]`` → its K neighbours (``sources``,
+    ascending, defaults to every node; nodes not in it have no out-edges). A = W + Wᵀ over the
+    whole band is never formed: degrees and the known side −L_uk α_k come from bincounts over
+    the edges, and the edges between two unknown nodes are laid out as CSR rows directly (they
+    arrive in row order), so M = diag − (W_uu + W_uuᵀ) costs one transpose and two merges. That
+    took 0.05 s at 1 MP (164k unknowns) where one COO → CSR conversion of every entry took 0.11 s.
     ``floating`` marks the nodes in components without a known node (``floating_nodes``); they
-    are left out of M and b. ``node_alpha`` and ``prior`` are per node.
+    are left out of M and b. ``is_unknown``, ``node_alpha`` and ``prior`` are per node.
     """
-    n, k = indices.shape
-    rows = np.repeat(np.arange(n, dtype=np.int32), k)
+    n = len(is_unknown)
+    k = indices.shape[1]
+    if sources is None:
+        sources = np.arange(n, dtype=np.int32)
+    sources = np.asarray(sources, dtype=np.int32)
+    rows = np.repeat(sources, k)
     cols = indices.reshape(-1)
     w = weights.reshape(-1).astype(np.float64)
-    if prior_weight > 0 or k == 0:
-        floating = np.zeros(n, dtype=bool)
-    else:
-        # Weak connectivity of W is the connectivity of A; the data values do not matter.
-        graph = sp.csr_matrix(
-            (np.ones(n * k, dtype=np.float32), cols, np.arange(0, n * k + 1, k)), shape=(n, n)
-        )
-        floating = floating_nodes(graph, ~is_unknown)
-        del graph
-    variable = is_unknown & ~floating
-    number = np.full(n, -1, dtype=np.int32)
-    number[variable] = np.arange(int(variable.sum()), dtype=np.int32)
     degree = np.bincount(rows, w, n) + np.bincount(cols, w, n)
     known_alpha = np.where(is_unknown, 0.0, np.asarray(node_alpha, dtype=np.float64))
     rhs = np.bincount(rows, w * known_alpha[cols], n) + np.bincount(cols, w * known_alpha[rows], n)
-    rhs = rhs[variable]
+    unknown = np.flatnonzero(is_unknown)
+    m = len(unknown)
+    number = np.full(n, -1, dtype=np.int32)
+    number[unknown] = np.arange(m, dtype=np.int32)
+    row_number = number[rows]
+    col_number = number[cols]
+    del rows
+    # Rows come in ascending source order and the numbering keeps that order, so the kept edges
+    # are already grouped by row: W_uu's indptr is a cumulative count.
+    inner = (row_number >= 0) & (col_number >= 0)
+    if prior_weight > 0 or k == 0:
+        anchored = np.ones(m, dtype=bool)
+    else:
+        # An unknown node touching a known one through any edge is tied to the constraints.
+        to_known = (row_number >= 0) & (col_number < 0)
+        from_known = (row_number < 0) & (col_number >= 0)
+        anchored = (
+            np.bincount(row_number[to_known], minlength=m)
+            + np.bincount(col_number[from_known], minlength=m)
+        ) > 0
+        del to_known, from_known
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_number[inner], minlength=m), out=indptr[1:])
+    neighbours = sp.csr_matrix((w[inner], col_number[inner], indptr), shape=(m, m))
+    del inner, row_number, col_number, w
+    off_diagonal = neighbours + neighbours.T.tocsr()
+    del neighbours
+    floating = np.zeros(n, dtype=bool)
+    if not anchored.all():
+        # Weak connectivity of W_uu + W_uuᵀ; a component is anchored if any member is.
+        _, labels = connected_components(off_diagonal, directed=False)
+        component_anchored = np.zeros(labels.max() + 1, dtype=bool)
+        component_anchored[labels[anchored]] = True
+        floating[unknown] = ~component_anchored[labels]
+    variable = is_unknown & ~floating
     diagonal = degree[variable]
+    rhs = rhs[variable]
     if prior_weight > 0:
         diagonal += prior_weight
         rhs += prior_weight * np.asarray(prior, dtype=np.float64)[variable]
-    # The COO arrays are filled in place and every temporary is freed before the conversion, the
-    # moment of peak memory (COO and CSR alive together): on a 12 MP portrait (3.0M band nodes)
-    # this lowered the process's peak from 2031 MiB to 1804 MiB.
-    ui = number[rows]
-    del rows
-    both = ui >= 0
-    both &= number[cols] >= 0
-    ui = ui[both]
-    uj = number[cols[both]]
-    off = w[both]
-    del both, w, number
-    m, e = len(diagonal), len(off)
-    entries = 2 * e + m
-    coo_rows = np.empty(entries, dtype=np.int32)
-    coo_cols = np.empty(entries, dtype=np.int32)
-    data = np.empty(entries, dtype=np.float64)
-    coo_rows[:e], coo_rows[e : 2 * e], coo_rows[2 * e :] = ui, uj, np.arange(m)
-    coo_cols[:e], coo_cols[e : 2 * e], coo_cols[2 * e :] = uj, ui, np.arange(m)
-    np.negative(off, out=data[:e])
-    np.negative(off, out=data[e : 2 * e])
-    data[2 * e :] = diagonal
-    del ui, uj, off
-    matrix = sp.coo_matrix((data, (coo_rows, coo_cols)), shape=(m, m)).tocsr()
+    if floating.any():
+        keep = ~floating[unknown]
+        off_diagonal = off_diagonal[keep][:, keep]
+    matrix = (sp.diags(diagonal, format="csr") - off_diagonal).tocsr()
     return matrix, rhs, floating
 
 
@@ -394,7 +424,7 @@ def amg_preconditioner(matrix: sp.csr_matrix) -> LinearOperator:
     """
     import pyamg
 
-    return v_cycle(pyamg.ruge_stuben_solver(matrix))
+    return v_cycle(pyamg.ruge_stuben_solver(matrix, interpolation="direct"))
 
 
 def has_pyamg() -> bool:
@@ -406,6 +436,17 @@ def has_pyamg() -> bool:
     return True
 
 
+def resolve_solver_device(device: str | None) -> str | None:
+    """The torch device the solve runs on, or None for the scipy CPU path ("auto": GPU if any)."""
+    if device is None:
+        return None
+    if device == "auto":
+        from matteforge.tasks.alpha_torch import cuda_available
+
+        return "cuda" if cuda_available() else None
+    return device
+
+
 def solve_system(
     matrix: sp.csr_matrix,
     rhs: np.ndarray,
@@ -413,6 +454,7 @@ def solve_system(
     tol: float = 1e-6,
     max_iter: int = 2000,
     preconditioner: str = "auto",
+    device: str | None = None,
 ) -> tuple[np.ndarray, int, float]:
     """Solve the SPD system M x = b by preconditioned conjugate gradients.
 
@@ -420,11 +462,19 @@ def solve_system(
     installed). Returns ``(x, iterations, relative_residual)``; not converging within
     ``max_iter`` is reported through the residual ‖b − Mx‖/‖b‖ rather than raised, so a batch
     keeps going and the manifest shows it. b = 0 gives x = 0 with no work.
+    ``device`` None solves with scipy on the CPU; a torch device ("cuda", "cpu") solves with
+    torch's Jacobi CG there (``tasks.alpha_torch``; ``preconditioner`` is ignored); "auto" is
+    "cuda" when torch sees a GPU and None otherwise.
     """
     if preconditioner not in ("auto", "amg", "jacobi"):
         raise ValueError(
             f"preconditioner must be 'auto', 'amg' or 'jacobi', got {preconditioner!r}"
         )
+    torch_device = resolve_solver_device(device)
+    if torch_device is not None:
+        from matteforge.tasks.alpha_torch import torch_jacobi_cg
+
+        return torch_jacobi_cg(matrix, rhs, x0, tol, max_iter, torch_device)
     n = matrix.shape[0]
     if n == 0 or not np.any(rhs):
         return np.zeros(n), 0, 0.0
@@ -450,6 +500,141 @@ def _check_inputs(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray | Non
     return np.clip(prior, 0.0, 1.0)
 
 
+@dataclass
+class MattingSystem:
+    """One image's linear system, and where its solution goes.
+
+    ``alpha`` already holds everything decided without solving (known pixels, floating regions
+    set to the prior); ``x[solution_rows]`` fills the pixels ``targets``. ``matrix`` is None
+    when nothing is left to solve.
+    """
+
+    alpha: np.ndarray
+    matrix: sp.csr_matrix | None
+    rhs: np.ndarray
+    x0: np.ndarray
+    targets: np.ndarray
+    solution_rows: np.ndarray | slice
+    n_unknown: int
+    n_graph: int
+    seconds_graph: float
+
+
+def build_matting_system(
+    image: np.ndarray,
+    trimap: np.ndarray,
+    *,
+    n_neighbors: int = 10,
+    spatial_weight: float = 1.0,
+    constraint_weight: float = math.inf,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
+    band_radius: int | None = None,
+    search_eps: float = DEFAULT_SEARCH_EPS,
+) -> MattingSystem:
+    """The band graph and its constrained system for one image (arguments: ``knn_alpha``)."""
+    image = np.asarray(image)
+    trimap = np.asarray(trimap)
+    prior_map = _check_inputs(image, trimap, prior)
+    is_foreground, is_unknown = split_trimap(trimap)
+    alpha = is_foreground.astype(np.float32)
+    n_unknown = int(is_unknown.sum())
+    nothing = np.zeros(0, dtype=np.int64)
+
+    def settled(n_graph: int = 0) -> MattingSystem:
+        return MattingSystem(
+            alpha, None, np.zeros(0), np.zeros(0), nothing, nothing, n_unknown, n_graph, 0.0
+        )
+
+    if n_unknown == 0:
+        return settled()
+    if n_unknown == trimap.size and prior_weight <= 0:
+        # No constraint at all: every unknown region floats, so the answer is the prior itself.
+        alpha[:] = prior_map
+        return settled()
+    if not math.isinf(constraint_weight) and constraint_weight <= 0:
+        raise ValueError("constraint_weight must be positive (or math.inf)")
+
+    start = time.perf_counter()
+    radius = default_band_radius(trimap.shape) if band_radius is None else band_radius
+    nodes = np.flatnonzero(band_mask(is_unknown, radius))
+    node_unknown = is_unknown.ravel()[nodes]
+    node_alpha = is_foreground.ravel()[nodes].astype(np.float64)
+    node_prior = prior_map.ravel()[nodes]
+    features = knn_features(image, nodes, spatial_weight)
+    if math.isinf(constraint_weight):
+        # Only unknown pixels search: the edges a known pixel would add among known pixels
+        # vanish in the elimination, and on the P3M portraits at 1 MP dropping its picks of
+        # unknown pixels too changed SAD by < 0.3 % while the search shrank by a third.
+        sources = np.flatnonzero(node_unknown)
+        distances, indices = nearest_neighbors(
+            features, n_neighbors, queries=sources, eps=search_eps
+        )
+        del features
+        weights = knn_weights(distances)
+        del distances
+        matrix, rhs, floating = eliminated_knn_system(
+            indices, weights, node_unknown, node_alpha, node_prior, prior_weight, sources
+        )
+        del indices, weights
+        solved_unknown = node_unknown[~floating]
+        x0 = node_prior[~floating][solved_unknown]
+        solution_rows: np.ndarray | slice = slice(None)
+    else:
+        affinity = knn_affinity(features, n_neighbors)
+        laplacian = graph_laplacian(affinity)
+        # With a prior term every node is anchored, so nothing floats.
+        floating = (
+            floating_nodes(affinity, ~node_unknown)
+            if prior_weight <= 0
+            else np.zeros(len(nodes), dtype=bool)
+        )
+        solved = ~floating
+        solved_unknown = node_unknown[solved]
+        sub_laplacian = laplacian[solved][:, solved] if floating.any() else laplacian
+        matrix, rhs = soft_constrained_system(
+            sub_laplacian,
+            solved_unknown,
+            node_alpha[solved],
+            constraint_weight,
+            node_prior[solved],
+            prior_weight,
+        )
+        x0 = np.where(solved_unknown, node_prior[solved], node_alpha[solved])
+        solution_rows = solved_unknown
+    adrift = floating & node_unknown
+    alpha.reshape(-1)[nodes[adrift]] = node_prior[adrift]
+    return MattingSystem(
+        alpha=alpha,
+        matrix=matrix,
+        rhs=rhs,
+        x0=x0,
+        targets=nodes[~floating][solved_unknown],
+        solution_rows=solution_rows,
+        n_unknown=n_unknown,
+        n_graph=len(nodes),
+        seconds_graph=time.perf_counter() - start,
+    )
+
+
+def finish_alpha(
+    system: MattingSystem, x: np.ndarray, iterations: int, residual: float, seconds_solve: float
+) -> tuple[np.ndarray, AlphaInfo]:
+    """Write a solution into the system's alpha (clipped to [0, 1]) and report the solve."""
+    alpha = system.alpha
+    if system.matrix is not None:
+        alpha.reshape(-1)[system.targets] = np.clip(x[system.solution_rows], 0.0, 1.0)
+    info = AlphaInfo(
+        n_unknown=system.n_unknown,
+        n_graph=system.n_graph,
+        iterations=iterations,
+        residual=residual,
+        seconds_graph=system.seconds_graph,
+        seconds_solve=seconds_solve,
+    )
+    return alpha, info
+
+
 def knn_alpha_with_info(
     image: np.ndarray,
     trimap: np.ndarray,
@@ -463,6 +648,8 @@ def knn_alpha_with_info(
     tol: float = 1e-6,
     max_iter: int = 2000,
     preconditioner: str = "auto",
+    search_eps: float = DEFAULT_SEARCH_EPS,
+    device: str | None = None,
 ) -> tuple[np.ndarray, AlphaInfo]:
     """KNN-matting alpha for the unknown pixels of ``trimap``, with solve statistics.
 
@@ -490,87 +677,84 @@ def knn_alpha_with_info(
         preconditioner: "amg" (pyamg Ruge–Stüben V-cycle, see ``amg_preconditioner``),
             "jacobi" (diagonal, no extra dependency) or "auto" (default: AMG when pyamg is
             installed). Both stop at the same relative residual and agree to ~1e-3 in alpha.
+        search_eps: approximation of the neighbour search (``nearest_neighbors``); 0 is exact.
+            Exact elimination only (a finite ``constraint_weight`` builds the paper's full graph
+            with an exact search).
+        device: where the linear system is solved (see ``solve_system``): None (default) with
+            scipy and AMG on the CPU; "cuda" (or any torch device) with torch's batched Jacobi
+            CG there; "auto" on a GPU when there is one. The graph is built on the CPU either way.
 
     Returns:
         ``(alpha, info)``: alpha is float32 HxW in [0, 1] with known pixels exactly 0 or 1.
     """
-    image = np.asarray(image)
-    trimap = np.asarray(trimap)
-    prior_map = _check_inputs(image, trimap, prior)
-    is_foreground, is_unknown = split_trimap(trimap)
-    alpha = is_foreground.astype(np.float32)
-    n_unknown = int(is_unknown.sum())
-    if n_unknown == 0:
-        return alpha, AlphaInfo(0, 0, 0, 0.0, 0.0, 0.0)
-    if n_unknown == trimap.size and prior_weight <= 0:
-        # No constraint at all: every unknown region floats, so the answer is the prior itself.
-        alpha[:] = prior_map
-        return alpha, AlphaInfo(n_unknown, 0, 0, 0.0, 0.0, 0.0)
-
-    start = time.perf_counter()
-    radius = default_band_radius(trimap.shape) if band_radius is None else band_radius
-    nodes = np.flatnonzero(band_mask(is_unknown, radius))
-    node_unknown = is_unknown.ravel()[nodes]
-    node_alpha = is_foreground.ravel()[nodes].astype(np.float64)
-    node_prior = prior_map.ravel()[nodes]
-    features = knn_features(image, nodes, spatial_weight)
-    if math.isinf(constraint_weight):
-        distances, indices = nearest_neighbors(features, n_neighbors)
-        del features
-        weights = knn_weights(distances)
-        del distances
-        matrix, rhs, floating = eliminated_knn_system(
-            indices, weights, node_unknown, node_alpha, node_prior, prior_weight
-        )
-        del indices, weights
-        solved = ~floating
-        solved_unknown = node_unknown[solved]
-        seconds_graph = time.perf_counter() - start
-        start = time.perf_counter()
-        x0 = node_prior[solved][solved_unknown]
-        x, iterations, residual = solve_system(matrix, rhs, x0, tol, max_iter, preconditioner)
-        unknown_values = x
-    else:
-        if constraint_weight <= 0:
-            raise ValueError("constraint_weight must be positive (or math.inf)")
-        affinity = knn_affinity(features, n_neighbors)
-        laplacian = graph_laplacian(affinity)
-        seconds_graph = time.perf_counter() - start
-        start = time.perf_counter()
-        # With a prior term every node is anchored, so nothing floats.
-        floating = (
-            floating_nodes(affinity, ~node_unknown)
-            if prior_weight <= 0
-            else np.zeros(len(nodes), dtype=bool)
-        )
-        solved = ~floating
-        solved_unknown = node_unknown[solved]
-        sub_laplacian = laplacian[solved][:, solved] if floating.any() else laplacian
-        matrix, rhs = soft_constrained_system(
-            sub_laplacian,
-            solved_unknown,
-            node_alpha[solved],
-            constraint_weight,
-            node_prior[solved],
-            prior_weight,
-        )
-        x0 = np.where(solved_unknown, node_prior[solved], node_alpha[solved])
-        x, iterations, residual = solve_system(matrix, rhs, x0, tol, max_iter, preconditioner)
-        unknown_values = x[solved_unknown]
-    flat = alpha.reshape(-1)
-    flat[nodes[solved][solved_unknown]] = np.clip(unknown_values, 0.0, 1.0)
-    flat[nodes[floating & node_unknown]] = node_prior[floating & node_unknown]
-    seconds_solve = time.perf_counter() - start
-
-    info = AlphaInfo(
-        n_unknown=n_unknown,
-        n_graph=len(nodes),
-        iterations=iterations,
-        residual=residual,
-        seconds_graph=seconds_graph,
-        seconds_solve=seconds_solve,
+    system = build_matting_system(
+        image,
+        trimap,
+        n_neighbors=n_neighbors,
+        spatial_weight=spatial_weight,
+        constraint_weight=constraint_weight,
+        prior=prior,
+        prior_weight=prior_weight,
+        band_radius=band_radius,
+        search_eps=search_eps,
     )
-    return alpha, info
+    if system.matrix is None:
+        return finish_alpha(system, np.zeros(0), 0, 0.0, 0.0)
+    start = time.perf_counter()
+    x, iterations, residual = solve_system(
+        system.matrix, system.rhs, system.x0, tol, max_iter, preconditioner, device
+    )
+    return finish_alpha(system, x, iterations, residual, time.perf_counter() - start)
+
+
+def knn_alpha_batch(
+    images: Sequence[np.ndarray],
+    trimaps: Sequence[np.ndarray],
+    *,
+    priors: Sequence[np.ndarray | None] | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 2000,
+    device: str | None = "auto",
+    **graph_params: Any,
+) -> list[tuple[np.ndarray, AlphaInfo]]:
+    """``knn_alpha_with_info`` for several images, their systems solved together on a GPU.
+
+    The graphs are built one by one on the CPU; on a torch device (see ``solve_system``) all
+    systems go to ``tasks.alpha_torch.batched_jacobi_cg`` at once, so a shard pays one transfer
+    and one solve loop. Without a device they are solved one by one with AMG. ``seconds_solve``
+    of each image is the batch's solve time divided evenly.
+    """
+    if len(images) != len(trimaps) or (priors is not None and len(priors) != len(images)):
+        raise ValueError("images, trimaps and priors must pair up")
+    systems = [
+        build_matting_system(
+            image, trimap, prior=None if priors is None else priors[i], **graph_params
+        )
+        for i, (image, trimap) in enumerate(zip(images, trimaps, strict=True))
+    ]
+    torch_device = resolve_solver_device(device)
+    live = [s for s in systems if s.matrix is not None]
+    start = time.perf_counter()
+    if torch_device is None:
+        solutions = [solve_system(s.matrix, s.rhs, s.x0, tol, max_iter) for s in live]
+    else:
+        from matteforge.tasks.alpha_torch import batched_jacobi_cg
+
+        solutions = batched_jacobi_cg(
+            [s.matrix for s in live],
+            [s.rhs for s in live],
+            [s.x0 for s in live],
+            tol,
+            max_iter,
+            torch_device,
+        )
+    share = (time.perf_counter() - start) / max(1, len(live))
+    solved = dict(zip(map(id, live), solutions, strict=True))
+    results = []
+    for system in systems:
+        x, iterations, residual = solved.get(id(system), (np.zeros(0), 0, 0.0))
+        results.append(finish_alpha(system, x, iterations, residual, share if x.size else 0.0))
+    return results
 
 
 def knn_alpha(
@@ -586,6 +770,8 @@ def knn_alpha(
     tol: float = 1e-6,
     max_iter: int = 2000,
     preconditioner: str = "auto",
+    search_eps: float = DEFAULT_SEARCH_EPS,
+    device: str | None = None,
 ) -> np.ndarray:
     """KNN-matting alpha (float32 HxW in [0, 1]); see ``knn_alpha_with_info`` for arguments."""
     alpha, _ = knn_alpha_with_info(
@@ -600,5 +786,7 @@ def knn_alpha(
         tol=tol,
         max_iter=max_iter,
         preconditioner=preconditioner,
+        search_eps=search_eps,
+        device=device,
     )
     return alpha

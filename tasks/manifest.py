@@ -2,8 +2,11 @@
 
 One Parquet file per shard and table.  A shard's composites file is written before its samples
 file and both only after every image they name is in place, so the presence of
-``manifest/samples/shard-NNNNN.parquet`` means "this shard is complete" and no row ever points
-at a missing file.  Schemas carry a version and a column description in their metadata.
+``manifest/samples/shard-<key>.parquet`` means "this shard is complete" (the commit) and no row
+ever points at a missing file.  A composites file without its samples file is what a killed
+build left between the two writes: not part of the dataset, removed by the next build
+(:func:`discard_uncommitted`).  Schemas carry a version and a column description in their
+metadata; a samples file also carries the timing of the task that wrote it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matteforge.tasks.storage import Location, write_bytes_atomic
+from matteforge.tasks.storage import Location, refresh, write_bytes_atomic
 
 SCHEMA_VERSION = "1"
 ARTIFACTS = ("image", "mask", "trimap", "alpha", "fg")
 STAGES = ("ingest", "segment", "trimap", "alpha", "foreground", "composite", "write")
+# Samples-file metadata: {"seconds": wall time of the task that wrote it, "inputs": its inputs}.
+SHARD_RUN_KEY = "matteforge.shard_run"
+STATS_FILE = "stats.json"  # at the dataset root: per-shard and merged counts and timings
 
 
 def _field(name: str, type_: pa.DataType, doc: str) -> pa.Field:
@@ -105,22 +111,25 @@ TABLES = {"samples": SAMPLES_SCHEMA, "composites": COMPOSITES_SCHEMA,
           "backgrounds": BACKGROUNDS_SCHEMA}
 
 
-def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
+def _with_metadata(schema: pa.Schema, table: str, extra: dict[str, str] | None) -> pa.Schema:
     meta = {
         "matteforge.schema_version": SCHEMA_VERSION,
         "matteforge.table": table,
         "matteforge.columns": json.dumps(
             {f.name: f.metadata[b"doc"].decode() for f in schema}, sort_keys=True
         ),
+        **(extra or {}),
     }
     return schema.with_metadata(meta)
 
 
-def to_table(rows: list[dict[str, Any]], table: str) -> pa.Table:
+def to_table(
+    rows: list[dict[str, Any]], table: str, metadata: dict[str, str] | None = None
+) -> pa.Table:
     """Rows → Arrow table with the table's schema; missing keys become nulls."""
     schema = TABLES[table]
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
-    return pa.Table.from_pydict(columns, schema=_with_metadata(schema, table))
+    return pa.Table.from_pydict(columns, schema=_with_metadata(schema, table, metadata))
 
 
 def shard_key(paths: list[str], config_hash: str) -> str:
@@ -132,26 +141,36 @@ def shard_name(key: str | int) -> str:
     return f"shard-{key:05d}.parquet" if isinstance(key, int) else f"shard-{key}.parquet"
 
 
-def write_table(loc: Location, table: str, name: str, rows: list[dict[str, Any]]) -> str:
+def write_table(
+    loc: Location, table: str, name: str, rows: list[dict[str, Any]],
+    metadata: dict[str, str] | None = None,
+) -> str:
     """Write ``manifest/<table>/<name>`` atomically; returns its path relative to the root."""
     buf = io.BytesIO()
-    pq.write_table(to_table(rows, table), buf, compression="snappy", row_group_size=1024)
+    pq.write_table(to_table(rows, table, metadata), buf, compression="snappy",
+                   row_group_size=1024)
     rel = f"manifest/{table}/{name}"
     write_bytes_atomic(loc, loc.path(rel), buf.getvalue())
     return rel
 
 
-def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
-    """Committed shard files of one table by file name (temporary files are skipped)."""
+def shard_files(loc: Location, table: str) -> dict[str, str]:
+    """Committed-name shard files of one table (file name → path), freshly listed."""
     folder = loc.path("manifest", table)
+    refresh(loc, folder)
     if not loc.fs.exists(folder):
         return {}
+    paths = (p.rstrip("/") for p in loc.fs.ls(folder, detail=False))
+    found = {p.rsplit("/", 1)[-1]: p for p in paths}
+    return {n: found[n] for n in sorted(found) if n.startswith("shard-") and n.endswith(".parquet")}
+
+
+def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
+    """Committed shard files of one table by file name (temporary files are skipped)."""
     found = {}
-    for path in sorted(loc.fs.ls(folder, detail=False)):
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith("shard-") and name.endswith(".parquet"):
-            with loc.fs.open(path, "rb") as fh:
-                found[name] = pq.read_table(fh)
+    for name, path in shard_files(loc, table).items():
+        with loc.fs.open(path, "rb") as fh:
+            found[name] = pq.read_table(fh)
     return found
 
 
@@ -161,9 +180,32 @@ def read_table(loc: Location, table: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else to_table([], table)
 
 
-def rewrite_shard(loc: Location, table: str, name: str, rows: list[dict[str, Any]]) -> None:
+def shard_run(table: pa.Table) -> dict[str, Any]:
+    """The writing task's timing stored in a samples file ({} for files without it)."""
+    raw = (table.schema.metadata or {}).get(SHARD_RUN_KEY.encode())
+    return json.loads(raw) if raw else {}
+
+
+def rewrite_shard(
+    loc: Location, table: str, name: str, rows: list[dict[str, Any]],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Replace a shard file with ``rows``, or delete it when no row is left."""
     if rows:
-        write_table(loc, table, name, rows)
+        write_table(loc, table, name, rows, metadata)
     elif loc.fs.exists(loc.path("manifest", table, name)):
         loc.fs.rm(loc.path("manifest", table, name))
+
+
+def uncommitted_shards(loc: Location) -> list[str]:
+    """Composites files whose samples file was never written (a build killed in between)."""
+    samples = shard_files(loc, "samples")
+    return [name for name in shard_files(loc, "composites") if name not in samples]
+
+
+def discard_uncommitted(loc: Location) -> list[str]:
+    """Delete :func:`uncommitted_shards`; their rows were never part of the dataset."""
+    names = uncommitted_shards(loc)
+    for name in names:
+        loc.fs.rm(loc.path("manifest", "composites", name))
+    return names

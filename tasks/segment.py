@@ -1,12 +1,13 @@
-"""Segment stage: person probability map plus a person-presence score (pure, no I/O).
+"""Segment stage: person alpha/probability map plus a person-presence score (pure, no I/O).
 
-The selfie segmenter always finds "a person" (it marks most of a cat photo), so presence is
-judged separately from evidence that a downstream reviewer can read in the manifest:
+The mask comes from a pluggable backend (`matteforge.models.backends`: rvm by default, meet,
+mediapipe-selfie). Presence is judged separately, because segmenters find "a person" where there
+is none (selfie marks most of a cat photo): from evidence a reviewer can read in the manifest —
 BlazeFace face scores and how person-like the mask is (see `presence_from_evidence`).
 
 Example::
 
-    seg = load_segmenter()
+    seg = load_segmenter("rvm")
     result = seg.predict(rgb_uint8)            # result.probability: HxW float32 in [0, 1]
     keep = is_person(result)
 """
@@ -21,17 +22,21 @@ import cv2
 import numpy as np
 import torch
 
+from matteforge.config import UserModelConfig
+from matteforge.models.backends import (
+    SELFIE_WEIGHTS,
+    MatteBackend,
+    as_rgb,
+    letterbox,
+    load_backend,
+    long_side_size,
+)
 from matteforge.models.tflite_torch import TFLiteModule, load_tflite
 from matteforge.models.weights import WheelMember, resolve_weights, sha256_file
 
-SELFIE_WEIGHTS = WheelMember(
-    model_id="mediapipe-selfie-segmentation@0.10.21",
-    requirement="mediapipe==0.10.21",
-    member="mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-    sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
-    license="Apache-2.0 (MediaPipe, Google)",
-    env_var="MATTEFORGE_SELFIE_WEIGHTS",
-)
+__all__ = ["SELFIE_WEIGHTS", "letterbox"]  # re-exported: older callers import them from here
+
+DEFAULT_MODEL = "rvm"  # lowest mask error measured (docs/segment.md); configs/permissive.yaml
 FACE_WEIGHTS = WheelMember(
     model_id="mediapipe-face-detection-short-range@0.10.21",
     requirement="mediapipe==0.10.21",
@@ -40,7 +45,10 @@ FACE_WEIGHTS = WheelMember(
     license="Apache-2.0 (MediaPipe, Google)",
     env_var="MATTEFORGE_FACE_WEIGHTS",
 )
-SEGMENT_SIZE = 256
+# Backends whose own mask the presence rules below were calibrated on; any other backend (meet
+# hallucinates people on coffee and wallpapers) gets its presence evidence from the selfie mask.
+PRESENCE_CALIBRATED = frozenset({"rvm", "mediapipe-selfie", "selfie"})
+EVIDENCE_SIZE = 256  # long side of the mask the evidence is measured on
 FACE_SIZE = 128
 HEAD_WINDOW_FRACTIONS = (0.25, 0.5, 1.0)  # head-search windows, as fractions of mask width
 
@@ -64,6 +72,10 @@ HEAD_WINDOW_FRACTIONS = (0.25, 0.5, 1.0)  # head-search windows, as fractions of
 #   p3m c3 (from back)  0.59  0.46  0.15  0.00  1       | mate_Storm/Wood    <0.1  0.00  0.00  0.00
 # (all negatives: presence 0). Known gap: an animal the selfie model segments decisively, framed
 # like a portrait and without a strong face score, would pass; the manifest keeps the evidence.
+# The same rules on the rvm mask (2026-11-22, same images): every portrait 1, every other photo 0;
+# rvm leaves the 14 non-person photos empty (area <= 0.001; the cat's few pixels are all unsure).
+# meet's mask does not fit them (coffee and two wallpapers score 1, the astronaut 0.13), so
+# backends outside PRESENCE_CALIBRATED are gated on the selfie mask instead.
 PRESENCE_THRESHOLD: float = 0.5
 
 
@@ -75,9 +87,10 @@ class SegmentResult:
 
 
 class Segmenter(Protocol):
-    model_id: str
+    model_id: str  # the mask model, recorded per manifest row and in dataset.json
     weights_sha256: str
     license: str
+    models: dict[str, str]  # every model behind a result (mask, presence mask, face): sha256
 
     def predict(self, image: np.ndarray) -> SegmentResult: ...
 
@@ -102,18 +115,6 @@ def presence_from_evidence(ev: dict[str, float]) -> float:
 
 def is_person(result: SegmentResult, threshold: float = PRESENCE_THRESHOLD) -> bool:
     return result.presence >= threshold
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Fit into size x size keeping aspect, pad black; returns (canvas, (top, left, h, w))."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    canvas = np.zeros((size, size, 3), np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    canvas[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=interp)
-    return canvas, (top, left, nh, nw)
 
 
 def square_crop(image: np.ndarray, cy: float, cx: float, side: float) -> np.ndarray:
@@ -163,75 +164,89 @@ def head_windows(fg: np.ndarray, image_shape: tuple[int, ...]) -> list[tuple[flo
     return windows
 
 
-class MediapipeSelfieSegmenter:
-    """MediaPipe selfie segmentation, gated by BlazeFace short-range and mask evidence."""
+def evidence_map(prob: np.ndarray) -> np.ndarray:
+    """The mask at EVIDENCE_SIZE long side (area-averaged), as the evidence was calibrated."""
+    h, w = long_side_size(*prob.shape[:2], EVIDENCE_SIZE)
+    if (h, w) == prob.shape[:2]:
+        return prob
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_AREA)
 
-    license = "Apache-2.0"
+
+class GatedSegmenter:
+    """A mask backend, gated by BlazeFace short-range and mask evidence.
+
+    `presence` is the backend whose mask the evidence is measured on: the mask backend itself
+    when the rules were calibrated on it, else the selfie model.
+    """
 
     def __init__(
-        self, selfie: TFLiteModule, face: TFLiteModule, shas: dict[str, str], device: str = "cpu"
+        self,
+        backend: MatteBackend,
+        face: TFLiteModule,
+        face_sha256: str,
+        presence: MatteBackend | None = None,
+        device: str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.selfie = selfie.to(self.device)
+        self.backend = backend
+        self.presence_backend = presence
         self.face = face.to(self.device)
-        self.model_id = SELFIE_WEIGHTS.model_id
-        self.weights_sha256 = shas[SELFIE_WEIGHTS.model_id]
-        self.models = dict(shas)  # every model behind a result, for dataset provenance
-
-    def _run(self, net: TFLiteModule, x: np.ndarray) -> tuple[torch.Tensor, ...]:
-        with torch.inference_mode():
-            return tuple(o.cpu() for o in net(torch.from_numpy(x)[None].to(self.device)))
+        self.model_id = backend.model_id
+        self.weights_sha256 = backend.weights_sha256
+        self.license = backend.license
+        self.models = {backend.model_id: backend.weights_sha256}  # all weights behind a result
+        if presence is not None:
+            self.models[presence.model_id] = presence.weights_sha256
+        self.models[FACE_WEIGHTS.model_id] = face_sha256
 
     def _face_score(self, image: np.ndarray) -> float:
         canvas, _ = letterbox(image, FACE_SIZE)
-        _, scores = self._run(self.face, canvas.astype(np.float32) / 127.5 - 1.0)
+        x = torch.from_numpy(canvas.astype(np.float32) / 127.5 - 1.0)[None].to(self.device)
+        with torch.inference_mode():
+            _, scores = self.face(x)
         return float(torch.sigmoid(scores.clamp(-100, 100)).max())
 
     def predict(self, image: np.ndarray) -> SegmentResult:
-        image = _as_rgb(image)
-        canvas, (top, left, h, w) = letterbox(image, SEGMENT_SIZE)
-        (out,) = self._run(self.selfie, canvas.astype(np.float32) / 255.0)
-        small = np.ascontiguousarray(out[0, top : top + h, left : left + w, 0].numpy())
-        full = cv2.resize(small, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        image = as_rgb(image)
+        full = self.backend.predict(image)
+        gate = full if self.presence_backend is None else self.presence_backend.predict(image)
+        small = evidence_map(gate)
         evidence = mask_evidence(small)
         crops = [image] + [
             square_crop(image, *win) for win in head_windows(small > 0.5, image.shape)
         ]
         evidence["face_score"] = max(self._face_score(c) for c in crops)
-        presence = presence_from_evidence(evidence)
-        return SegmentResult(np.clip(full, 0.0, 1.0).astype(np.float32), presence, evidence)
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB image, got dtype {image.dtype}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        return np.dstack([image.reshape(image.shape[:2])] * 3)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected HxWx3 RGB image, got shape {image.shape}")
-    return np.ascontiguousarray(image)
+        return SegmentResult(full, presence_from_evidence(evidence), evidence)
 
 
 def load_segmenter(
-    name: str = "mediapipe-selfie",
+    name: str | UserModelConfig = DEFAULT_MODEL,
     weights_path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
+    size: int | None = None,
 ) -> Segmenter:
-    """Load once per process (each Dask worker pays the load once, not once per batch)."""
-    return _load_cached(name, weights_path, cache_dir, device)
+    """Load once per process (each Dask worker pays the load once, not once per batch).
+
+    `name` is a built-in backend or your own model's settings (`segment.model` in the config).
+    `size` is the backend's input long side where it has one (rvm: 512); None = its default.
+    """
+    return _load_cached(name, weights_path, cache_dir, device, size)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _load_cached(
-    name: str, weights_path: str | None, cache_dir: str | None, device: str
+    name: str | UserModelConfig,
+    weights_path: str | None,
+    cache_dir: str | None,
+    device: str,
+    size: int | None,
 ) -> Segmenter:
-    if name != "mediapipe-selfie":
-        raise ValueError(f"unknown segmenter {name!r}; known: 'mediapipe-selfie'")
-    selfie_path = resolve_weights(SELFIE_WEIGHTS, weights_path, cache_dir)
+    backend = load_backend(name, weights_path, cache_dir, device, size)
+    presence = None
+    if name not in PRESENCE_CALIBRATED:
+        presence = load_backend("mediapipe-selfie", None, cache_dir, device)
     face_path = resolve_weights(FACE_WEIGHTS, None, cache_dir)
-    shas = {
-        SELFIE_WEIGHTS.model_id: sha256_file(selfie_path),
-        FACE_WEIGHTS.model_id: sha256_file(face_path),
-    }
-    return MediapipeSelfieSegmenter(load_tflite(selfie_path), load_tflite(face_path), shas, device)
+    return GatedSegmenter(
+        backend, load_tflite(face_path), sha256_file(face_path), presence, device
+    )

@@ -1,8 +1,14 @@
 """fsspec I/O used by every stage wrapper: listing, reading, atomic writing.
 
-Paths are fsspec URIs (``/local/dir``, ``file://``, ``s3://``, ``memory://`` ...).  Writes go to a
-temporary name first and are renamed into place, so a reader never sees half a file and a
-manifest never names a file that was not completely written.
+Paths are fsspec URIs (``/local/dir``, ``file://``, ``s3://``, ``gs://``, ``az://``,
+``memory://`` ...), opened with the caller's ``storage_options``.  Every write is atomic, so a
+reader never sees half a file and a manifest never names a file that was not completely written:
+
+* local disks: the bytes go to ``<root>/.tmp/`` first and are renamed into place (a rename within
+  one filesystem is atomic; the folder is one place to clear after a killed build);
+* object stores: one ``pipe_file`` call, i.e. one PUT (or one multipart upload, completed by a
+  single request).  An object store makes an object visible whole or not at all, and a "rename"
+  there is a copy plus a delete, so a temporary name would double the traffic and add nothing.
 """
 
 from __future__ import annotations
@@ -78,11 +84,32 @@ def read_bytes(loc: Location, path: str, max_bytes: int | None = None) -> bytes:
         return fh.read()
 
 
+# Filesystems whose single-object write is all-or-nothing (see the module docstring).
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+TEMP_DIR = ".tmp"
+
+
+def _protocols(loc: Location) -> set[str]:
+    protocol = loc.fs.protocol
+    return {protocol} if isinstance(protocol, str) else set(protocol)
+
+
+def is_local(loc: Location) -> bool:
+    return bool(_protocols(loc) & {"file", "local"})
+
+
 def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
-    """Write under a temporary sibling name, then rename into place."""
-    parent = posixpath.dirname(path)
-    loc.fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    """Write ``data`` to ``path`` so that readers see the old object or the new one, never half."""
+    if _protocols(loc) & _OBJECT_STORES:
+        loc.fs.pipe_file(path, data)
+        return
+    loc.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if is_local(loc):
+        tmp_dir = loc.path(TEMP_DIR)
+        loc.fs.makedirs(tmp_dir, exist_ok=True)
+    else:  # another kind of filesystem: a sibling name, renamed the same way
+        tmp_dir = posixpath.dirname(path)
+    tmp = posixpath.join(tmp_dir, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
     try:
         with loc.fs.open(tmp, "wb") as fh:
             fh.write(data)
@@ -90,3 +117,19 @@ def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
     finally:
         if loc.fs.exists(tmp):
             loc.fs.rm(tmp)
+
+
+def clear_temporary(loc: Location) -> None:
+    """Remove what killed writers left in ``<root>/.tmp/``; call only while nothing writes."""
+    tmp_dir = loc.path(TEMP_DIR)
+    if is_local(loc) and loc.fs.exists(tmp_dir):
+        loc.fs.rm(tmp_dir, recursive=True)
+
+
+def refresh(loc: Location, path: str | None = None) -> None:
+    """Forget cached listings: other processes (Dask workers) write to the same store.
+
+    s3fs and friends cache directory listings per filesystem instance and answer ``exists`` and
+    ``ls`` from them, which would hide shards committed by workers since the last listing.
+    """
+    loc.fs.invalidate_cache(path)

@@ -64,10 +64,10 @@ def test_split_trimap_treats_every_grey_as_unknown():
     assert unknown.tolist() == [[False, True, True, True, False]]
 
 
-def test_default_band_radius_is_one_percent_of_the_diagonal_but_at_least_three():
+def test_default_band_radius_is_half_a_percent_of_the_diagonal_but_at_least_three():
     assert default_band_radius((30, 40)) == 3
-    assert default_band_radius((600, 800)) == 10
-    assert default_band_radius((3000, 4000, 3)) == 50
+    assert default_band_radius((600, 800)) == 5
+    assert default_band_radius((3000, 4000, 3)) == 25
 
 
 def test_band_mask_is_the_unknown_grown_by_the_radius():
@@ -301,13 +301,26 @@ def test_solve_system_rejects_unknown_preconditioner():
 # --- the whole function --------------------------------------------------------------------------
 
 
-def test_one_row_between_known_ends_is_interpolated_linearly():
+def test_one_row_between_known_ends_is_a_ramp_set_by_the_link_weights():
     image = np.full((1, 16, 3), 90, np.uint8)
     trimap = np.array([[0] * 3 + [128] * 10 + [255] * 3], np.uint8)
-    # With constant colour and K = 2 the graph is the chain of pixels: the answer is a ramp
-    # from the last background pixel (index 2) to the first foreground one (index 13).
+    # With constant colour and K = 2 the graph is the chain of pixels from the last background
+    # pixel (index 2) to the first foreground one (index 13). Unknown pixels pick each other,
+    # so inner links count twice, while the two end links are picked from one side only (known
+    # pixels do not search): the chain is a resistor ladder of lengths 2, 1 × 9, 2.
     alpha = knn_alpha(image, trimap, n_neighbors=2, band_radius=20, tol=1e-10)
-    np.testing.assert_allclose(alpha[0, 3:13], (np.arange(3, 13) - 2) / 11, atol=1e-6)
+    np.testing.assert_allclose(alpha[0, 3:13], np.arange(2, 12) / 13, atol=1e-6)
+
+
+def test_finite_constraint_weight_keeps_the_papers_full_graph():
+    image = np.full((1, 16, 3), 90, np.uint8)
+    trimap = np.array([[0] * 3 + [128] * 10 + [255] * 3], np.uint8)
+    # Every band pixel searches there, so every link of the chain counts twice: a linear ramp
+    # (up to the soft constraint's pull of 1/λ on the known ends).
+    alpha = knn_alpha(
+        image, trimap, n_neighbors=2, band_radius=20, tol=1e-12, constraint_weight=1e8
+    )
+    np.testing.assert_allclose(alpha[0, 3:13], (np.arange(3, 13) - 2) / 11, atol=1e-4)
 
 
 def test_known_pixels_are_exact_and_output_is_float32_in_unit_range():

