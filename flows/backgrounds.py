@@ -12,6 +12,7 @@ from typing import Any
 from matteforge.flows.shard import BackgroundRef
 from matteforge.tasks.ingest import decode_image
 from matteforge.tasks.storage import Location, read_bytes, redact_uri, write_bytes_atomic
+from matteforge.tasks.unreadable import read_failure
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -45,10 +46,11 @@ def index_backgrounds(
         try:
             data = read_bytes(src, path, max_bytes=max_bytes)
         except Exception as exc:
-            rows.append({"bg_id": "", "source_uri": uri, "status": "failed",
-                         "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"})
+            status, reason, detail = read_failure(exc)
+            rows.append({"bg_id": "", "source_uri": uri, "status": status,
+                         "reason": reason, "detail": detail})
             continue
-        decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side)
+        decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side, name=path)
         row: dict[str, Any] = {
             "bg_id": decoded.sample_id, "source_uri": uri,
             "content_sha256": decoded.content_sha256, "source_bytes": decoded.n_bytes,

@@ -28,11 +28,13 @@ from matteforge.config import (
     LOCATIONS,
     BuildConfig,
     RunConfig,
+    check_locations,
     load_config,
     seal_storage,
     unseal_storage,
 )
 from matteforge.flows.backgrounds import index_backgrounds
+from matteforge.flows.duplicates import resolve_duplicates
 from matteforge.flows.plan import InputFile, plan_build, stale_rows
 from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
 from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
@@ -81,8 +83,8 @@ def index_backgrounds_task(
     backgrounds_uri: str, output_uri: str, cfg: BuildConfig, storage: SecretStr | None = None
 ) -> list[BackgroundRef]:
     opts = unseal_storage(storage)
-    src = locate(backgrounds_uri, opts.get("backgrounds"))
-    out = locate(output_uri, opts.get("output"))
+    src = locate(backgrounds_uri, opts.get("backgrounds"), cfg.run.io_retry())
+    out = locate(output_uri, opts.get("output"), cfg.run.io_retry())
     files = list_file_sizes(src, cfg.ingest.extensions)
     known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()}
     rows, refs = index_backgrounds(
@@ -109,9 +111,11 @@ def process_shards(
     """Fan shards out to Dask and report progress as each one lands."""
     logger = get_run_logger()
     started = time.perf_counter()
+    run = RunConfig.model_validate(cfg_data.get("run", {}))
+    shard_task = process_shard.with_options(retries=run.shard_retries)
     futures = [
-        process_shard.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
-                             storage)
+        shard_task.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
+                          storage)
         for key, uris in shards
     ]
     n_images = sum(len(uris) for _, uris in shards)
@@ -165,6 +169,23 @@ def _recover(out: Location) -> list[str]:
     """
     clear_temporary(out)
     return manifest.discard_uncommitted(out)
+
+
+def _recount(out: Location, summaries: list[ShardSummary]) -> list[ShardSummary]:
+    """This run's shard summaries, counted again from their rows as committed now.
+
+    :func:`resolve_duplicates` may have turned rows the workers counted as ok into duplicates;
+    the task's seconds and inputs stay as the worker measured them.
+    """
+    tables = manifest.read_shards(out, "samples")
+    fresh = []
+    for s in summaries:
+        table = tables.get(manifest.shard_name(s.shard))
+        rows = table.to_pylist() if table is not None else []
+        composites = sum(r["n_composites"] or 0 for r in rows if r["status"] == "ok")
+        fresh.append(ShardSummary.from_rows(s.shard, rows, composites, s.seconds, s.inputs)
+                     if table is not None else s)
+    return fresh
 
 
 def _drop_rows(out: Location, drop: set[tuple[str, str]]) -> int:
@@ -278,15 +299,21 @@ def build_dataset(
     shard_size: int | None = None,
     mode: str | None = None,
     storage_options: SecretStr | None = None,
+    locations: SecretStr | None = None,
 ) -> dict[str, Any]:
     """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
 
     ``config`` is a YAML path, a packaged config name (``demo``) or a dict; the other
     parameters override it.  ``storage_options`` (made by :func:`~matteforge.config.seal_storage`
     from data shaped like the config's ``storage`` section) is merged over that section.
-    Returns the summary also written to ``dataset.json``.
+    ``locations`` carries location URIs that hold credentials (``https://user:pw@...``), sealed
+    the same way and winning over ``input``/``backgrounds``/``output``: Prefect keeps plain flow
+    parameters in its database.  Returns the summary also written to ``dataset.json``.
     """
     started = time.perf_counter()
+    hidden = unseal_storage(locations)
+    input, backgrounds = hidden.get("input", input), hidden.get("backgrounds", backgrounds)
+    output = hidden.get("output", output)
     overrides = {"input": input, "backgrounds": backgrounds, "output": output,
                  "run.dask_address": dask_address, "run.n_workers": n_workers,
                  "run.shard_size": shard_size, "run.mode": mode}
@@ -295,19 +322,20 @@ def build_dataset(
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them in the config or as flags")
     assert cfg.input and cfg.backgrounds and cfg.output
+    check_locations(cfg)
     logger = get_run_logger()
     seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
     storage = cfg.storage.with_overrides(unseal_storage(storage_options))
     opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
     sealed = seal_storage(opts)
-    out = locate(cfg.output, opts["output"])
+    out = locate(cfg.output, opts["output"], cfg.run.io_retry())
     if cfg.run.mode == "overwrite":
         _clear_previous(out)
     if discarded := _recover(out):
         logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
                        len(discarded))
     config_hash = cfg.config_hash()
-    src = locate(cfg.input, opts["input"])
+    src = locate(cfg.input, opts["input"], cfg.run.io_retry())
     listing = [InputFile(path, redact_uri(src.url(path)), size)
                for path, size in list_file_sizes(src, cfg.ingest.extensions)]
     old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
@@ -330,6 +358,10 @@ def build_dataset(
     written = {manifest.shard_name(key) for key, _ in shards}
     now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
     dropped = _drop_rows(out, stale_rows(now, config_hash, seg.weights_sha256, written))
+    if duplicates := resolve_duplicates(out):
+        logger.info("%d source(s) hold the same bytes as another: recorded as duplicates",
+                    duplicates)
+        summaries = _recount(out, summaries)
     summary = summarize(summaries, time.perf_counter() - started)
     summary.update(skipped=plan.skipped, rows_replaced=dropped, backgrounds_usable=len(bg_refs),
                    dataset=dataset_counts(out))

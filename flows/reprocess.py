@@ -4,14 +4,16 @@ An existing dataset (its dataset.json and manifest) plus changes to its configur
 dataset at another location.  The earliest stage whose settings changed decides what each row
 redoes (see :func:`first_changed_stage`):
 
-* ``composite`` (``composite.*``, ``seed``): the image, mask, trimap, alpha and fg files are
-  reused; splits and composites are made again.
-* ``trimap`` (``trimap.*`` other than the threshold, ``alpha.*``): the stored mask stands in for
-  the segmenter (thresholding a 0/255 mask at any level gives it back), so segmentation is not
-  rerun; trimap, alpha, foreground and composites are.
+* ``composite`` (``composite.*``, ``seed``): the image, mask, alpha_model, trimap, alpha and fg
+  files are reused; splits and composites are made again.
+* ``trimap`` (``trimap.*`` other than the threshold, ``alpha.*``): the stored files stand in for
+  the segmenter, so segmentation is not rerun; trimap, alpha, foreground and composites are.
+  The probability is the stored 8-bit ``alpha_model`` held to the stored mask's side of the
+  threshold (so the trimap is the one the float map gives); a parent without ``alpha_model``
+  offers the 0/255 mask (thresholding it at any level gives it back).
 * ``segment`` (another model or weights, ``segment.*``, ``trimap.threshold``, or an alpha prior
-  that needs the probability map, which is not stored): every ingested row is redone from its
-  source, as a build would.
+  change, since the prior reads the probability and 8-bit is not the float map a build uses):
+  every ingested row is redone from its source, as a build would.
 
 A reused file is copied only after its sha256 matches the parent's manifest.  Rows a stage does
 not redo (rejected, failed) are carried over; ``matteforge build --mode retry-failed`` into the
@@ -48,6 +50,7 @@ from matteforge.flows.build import (
     model_record,
     write_record,
 )
+from matteforge.flows.duplicates import DUPLICATE
 from matteforge.flows.shard import (
     BackgroundCache,
     BackgroundRef,
@@ -88,9 +91,11 @@ def first_changed_stage(old: BuildConfig, new: BuildConfig, model_changed: bool)
 
 @dataclass
 class StoredMask:
-    """A Segmenter that answers with the parent's mask file: the segment stage, reused."""
+    """A Segmenter that answers with the parent's mask files: the segment stage, reused."""
 
     mask: np.ndarray  # HxW uint8 0/255
+    probability: np.ndarray | None  # HxW uint8 alpha_model; None for parents without it
+    threshold: float  # trimap.threshold the mask was cut at (unchanged in this stage)
     presence: float
     model_id: str
     weights_sha256: str
@@ -100,8 +105,14 @@ class StoredMask:
     def predict(self, image: np.ndarray) -> SegmentResult:
         if image.shape[:2] != self.mask.shape:
             raise ValueError(f"stored mask is {self.mask.shape}, image is {image.shape[:2]}")
-        return SegmentResult(self.mask.astype(np.float32) / 255.0, self.presence,
-                             {"reused_mask": 1.0})
+        if self.probability is None:
+            return SegmentResult(self.mask.astype(np.float32) / 255.0, self.presence,
+                                 {"reused_mask": 1.0})
+        # 8-bit rounding can cross the threshold (it never does at 0.5); the mask knows the side.
+        prob = self.probability.astype(np.float32) / 255.0
+        below = np.nextafter(np.float32(self.threshold), np.float32(0.0))
+        prob = np.where(self.mask > 0, np.maximum(prob, self.threshold), np.minimum(prob, below))
+        return SegmentResult(prob.astype(np.float32), self.presence, {"reused_mask": 1.0})
 
 
 def _reuse(parent: Location, out: Location, row: dict[str, Any], kind: str) -> bytes:
@@ -122,7 +133,8 @@ def _gray(data: bytes) -> np.ndarray:
 
 def _recomposite(row: dict[str, Any], cfg: BuildConfig, parent: Location, out: Location,
                  cache: BackgroundCache) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    files = {kind: _reuse(parent, out, row, kind) for kind in manifest.ARTIFACTS}
+    files = {kind: _reuse(parent, out, row, kind) for kind in manifest.ARTIFACTS
+             if row.get(f"{kind}_uri")}  # parents from before alpha_model lack it
     fg = decode_image(files["fg"]).image
     assert fg is not None
     new = dict(row, config_hash=cfg.config_hash(), seconds_composite=0.0)
@@ -144,8 +156,11 @@ def _rerun(row: dict[str, Any], stage: Stage, cfg: BuildConfig, parent: Location
         seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
     else:
         mask = _gray(_reuse(parent, out, row, "mask"))
-        seg = StoredMask(mask, float(row["presence"]), row["model_id"], row["model_sha256"],
-                         model.get("license", ""), model.get("models", {}))
+        has_model = bool(row.get("alpha_model_uri"))
+        prob = _gray(_reuse(parent, out, row, "alpha_model")) if has_model else None
+        seg = StoredMask(mask, prob, cfg.trimap.threshold, float(row["presence"]),
+                         row["model_id"], row["model_sha256"], model.get("license", ""),
+                         model.get("models", {}))
     return process_sample(row["source_uri"], data, cfg, seg, cache, out)
 
 
@@ -156,7 +171,9 @@ def reprocess_rows(rows: list[dict[str, Any]], stage: Stage, cfg: BuildConfig, p
     """New sample and composite rows for one shard of the parent's rows."""
     samples, composites = [], []
     for row in rows:
-        redo = (row["status"] == "ok" or (stage == "segment" and bool(row["sample_id"])))
+        # A duplicate stays one: its sample is redone through the row that holds it.
+        redo = (row["status"] == "ok" or (stage == "segment" and bool(row["sample_id"])
+                                          and row["status"] != DUPLICATE))
         if not redo:
             new, comps = dict(row), []
         elif stage == "composite":

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from matteforge.config import BuildConfig
+from matteforge.flows.duplicates import duplicate_row
 from matteforge.tasks import composite as comp
 from matteforge.tasks import manifest, trimap
 from matteforge.tasks.alpha import knn_alpha_with_info
@@ -28,6 +29,7 @@ from matteforge.tasks.foreground import estimate_foreground
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, load_segmenter
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
+from matteforge.tasks.unreadable import read_failure
 
 TRIMAP_DIR = "trimaps"  # Composition-1K's folder name
 
@@ -141,6 +143,7 @@ def _base_row(uri: str, ingest: IngestResult, cfg: BuildConfig, seg: Segmenter) 
         "height": ingest.height or None,
         "model_id": seg.model_id,
         "model_sha256": seg.weights_sha256,
+        "model_license": seg.license,
         "config_hash": cfg.config_hash(),
         "n_composites": 0,
     }
@@ -160,15 +163,22 @@ def process_sample(
     seg: Segmenter,
     backgrounds: BackgroundCache,
     out: Location,
+    kept: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One portrait through every stage; never raises for bad input or a failing stage."""
+    """One portrait through every stage; never raises for bad input or a failing stage.
+
+    ``kept`` (sample_id → source URI of the ok rows made so far in this shard) turns a second
+    copy of the same bytes into a ``duplicate`` row without processing it again.
+    """
     timer = _Timer()
     with timer("ingest"):
         ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
-                              min_side=cfg.ingest.min_side)
+                              min_side=cfg.ingest.min_side, name=uri)
     row = _base_row(uri, ingest, cfg, seg)
     composites: list[dict[str, Any]] = []
-    if ingest.image is not None:
+    if ingest.image is not None and kept is not None and ingest.sample_id in kept:
+        row = duplicate_row(row, kept[ingest.sample_id])
+    elif ingest.image is not None:
         try:
             _run_stages(ingest.image, row, composites, cfg, seg, backgrounds, out, timer)
         except Exception as exc:  # a stage bug must cost one row, not the build
@@ -226,6 +236,8 @@ def _run_stages(
         fg = estimate_foreground(image, alpha8)
     with timer("write"):
         for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
+                                    ("alpha_model", "alpha_model",
+                                     to_uint8(result.probability)),
                                     ("trimap", TRIMAP_DIR, tri), ("alpha", "alpha", alpha8),
                                     ("fg", "fg", fg)):
             _put(out, f"{folder}/{sid}.png", encode(array), row, kind)
@@ -289,23 +301,28 @@ def run_shard(
     cfg = BuildConfig.model_validate(cfg_data)
     _configure_threads(cfg.run.torch_threads)
     opts = storage_options or {}
-    src, bgs, out = (locate(uri, opts.get(name)) for name, uri in
+    src, bgs, out = (locate(uri, opts.get(name), cfg.run.io_retry()) for name, uri in
                      (("input", input_uri), ("backgrounds", backgrounds_uri),
                       ("output", output_uri)))
     seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
     cache = BackgroundCache(bgs, bg_refs)
     samples, composites = [], []
+    kept: dict[str, str] = {}  # sample_id → source of its ok row (see flows/duplicates.py)
     for uri in uris:
         try:
             data = read_bytes(src, uri, max_bytes=cfg.ingest.max_bytes)
         except Exception as exc:  # unreadable: record it, keep going
-            row = {"source_uri": redact_uri(src.url(uri)), "status": "failed",
-                   "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"[:2000],
+            status, reason, detail = read_failure(exc)
+            row = {"source_uri": redact_uri(src.url(uri)), "status": status,
+                   "reason": reason, "detail": detail,
                    "config_hash": cfg.config_hash(), "model_id": seg.model_id,
-                   "model_sha256": seg.weights_sha256, "sample_id": "", "n_composites": 0}
+                   "model_sha256": seg.weights_sha256, "model_license": seg.license,
+                   "sample_id": "", "n_composites": 0}
             rows: tuple[dict[str, Any], list[dict[str, Any]]] = (row, [])
         else:
-            rows = process_sample(src.url(uri), data, cfg, seg, cache, out)
+            rows = process_sample(src.url(uri), data, cfg, seg, cache, out, kept)
+            if rows[0]["status"] == "ok":
+                kept.setdefault(rows[0]["sample_id"], rows[0]["source_uri"])
         samples.append(rows[0])
         composites.extend(rows[1])
         if on_sample is not None:

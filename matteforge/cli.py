@@ -142,15 +142,44 @@ def _storage_flags(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def cmd_build(args: argparse.Namespace) -> None:
+def _check_build_config(args: argparse.Namespace) -> None:
+    """Refuse a config the flow would refuse, before a Prefect server and workers start."""
+    from pydantic import ValidationError
+
+    from matteforge.config import check_locations, load_config
+
+    try:
+        check_locations(load_config(args.config, input=args.input, output=args.output,
+                                    backgrounds=args.backgrounds))
+    except ValidationError as exc:
+        raise CliError("config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CliError(first) from exc
+
+
+def build_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The build flow's parameters; credentials (options, ``user:pw@`` in URIs) go sealed."""
     from matteforge.config import seal_storage
+    from matteforge.tasks.storage import redact_uri
 
     storage = _storage_flags(args)
-    summary = _run_build(config=args.config, input=args.input, backgrounds=args.backgrounds,
-                         output=args.output, dask_address=args.dask_address,
-                         n_workers=args.workers, shard_size=args.shard_size, mode=args.mode,
-                         storage_options=seal_storage(storage) if storage else None)
-    _print_summary(summary, args.output or "(output from config)")
+    given = {"input": args.input, "backgrounds": args.backgrounds, "output": args.output}
+    hidden = {k: v for k, v in given.items() if v and redact_uri(v) != v}
+    params = {**{k: v for k, v in given.items() if k not in hidden}, "config": args.config,
+              "dask_address": args.dask_address, "n_workers": args.workers,
+              "shard_size": args.shard_size, "mode": args.mode,
+              "storage_options": seal_storage(storage) if storage else None}
+    return {**params, "locations": seal_storage(hidden) if hidden else None}
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from matteforge.tasks.storage import redact_uri
+
+    _check_build_config(args)
+    summary = _run_build(**build_params(args))
+    _print_summary(summary, redact_uri(args.output) if args.output else "(output from config)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -171,6 +200,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     report = verify_dataset(args.dataset, hashes=not args.no_hash, storage_options=options)
     for problem in report.problems:
         print(problem)
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     print(f"{args.dataset}: {report.files_checked} files checked, "
           f"{len(report.problems)} problem(s)")
     if not report.ok:

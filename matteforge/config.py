@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import posixpath
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from fsspec.utils import get_protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from matteforge.tasks.retry import RetryPolicy
 
 
 class _Section(BaseModel):
@@ -84,7 +88,9 @@ class AlphaConfig(_Section):
     constraint_weight: float | None = Field(
         None, gt=0.0, description="λ on known band pixels; None = eliminate them exactly (λ→∞)."
     )
-    prior_weight: float = Field(0.0, ge=0.0, description="Pull towards the mask probability.")
+    # 1: on rvm masks it lowers SAD 5-9 % and Gradient 21-41 % (benchmarks/masks.py, P3M
+    # composites, docs/segment.md); on selfie masks it is mixed, so selfie configs set 0.
+    prior_weight: float = Field(1.0, ge=0.0, description="Pull towards the mask probability.")
     tol: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(2000, ge=1)
     search_eps: float = Field(
@@ -128,6 +134,19 @@ class RunConfig(_Section):
     adapt_kwargs: dict[str, Any] | None = Field(
         None, description="cluster.adapt() bounds, e.g. {minimum: 1, maximum: 20}; None = fixed."
     )
+    io_attempts: int = Field(
+        3, ge=1, description="Tries per storage read/write on transient errors (1 = no retry)."
+    )
+    io_backoff: float = Field(0.5, ge=0.0, description="Seconds before the 2nd try; doubles.")
+    io_backoff_max: float = Field(8.0, ge=0.0, description="Longest wait between two tries.")
+    shard_retries: int = Field(
+        2, ge=0, description="Prefect reruns of a shard task that failed (e.g. its manifest "
+        "write kept failing); a rerun rewrites the same files."
+    )
+
+    def io_retry(self) -> RetryPolicy:
+        """The retry policy every storage location of the build is opened with."""
+        return RetryPolicy(self.io_attempts, self.io_backoff, self.io_backoff_max)
 
 
 LOCATIONS = ("input", "backgrounds", "output")
@@ -235,6 +254,45 @@ class BuildConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _where(uri: str) -> tuple[str, str]:
+    """(filesystem, normalised path) of a location, to compare locations without opening them."""
+    protocol = get_protocol(uri)
+    if protocol in ("file", "local"):
+        local = uri.split("://", 1)[1] if "://" in uri else uri
+        return "file", os.path.realpath(os.path.expanduser(local))
+    rest = uri.split("://", 1)[1].rsplit("@", 1)[-1] if "://" in uri else uri
+    return {"s3a": "s3", "gcs": "gs", "abfs": "az"}.get(protocol, protocol), \
+        posixpath.normpath("/" + rest)
+
+
+def check_locations(cfg: BuildConfig) -> None:
+    """Refuse an output that is, or is inside, or holds, the input or the backgrounds.
+
+    Such a build would list its own outputs as inputs on the next run, or write into the user's
+    source folder; ``overwrite`` mode would delete part of it.
+    """
+    if cfg.output is None:
+        return
+    out_fs, out = _where(cfg.output)
+    for name in ("input", "backgrounds"):
+        uri = getattr(cfg, name)
+        if uri is None:
+            continue
+        fs, path = _where(uri)
+        if fs != out_fs:
+            continue
+        if path == out:
+            how = "is"
+        elif out.startswith(path.rstrip("/") + "/"):
+            how = "is inside"
+        elif path.startswith(out.rstrip("/") + "/"):
+            how = "contains"
+        else:
+            continue
+        raise ValueError(f"the output {how} the {name} ({path}): choose an output folder "
+                         f"apart from the {name}, so a build never reads or replaces its sources")
+
+
 def packaged_config_path(name: str) -> Path:
     """Path of a config shipped in ``matteforge.configs`` (e.g. ``demo``)."""
     return Path(str(resources.files("matteforge.configs").joinpath(f"{name}.yaml")))
@@ -258,7 +316,11 @@ def load_config(
             p = packaged_config_path(str(path))
         if not p.exists():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:  # e.g. a !!python/object tag: safe_load builds no objects
+            problem = " ".join(str(exc).split())
+            raise ValueError(f"config {path} is not plain YAML data: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"config {path} must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}

@@ -3,8 +3,10 @@
 A dataset is trusted when every file a manifest row names exists with the recorded size and
 hash, no row is duplicated, every manifest file is committed and is one dataset.json
 checksummed, and the counts agree.  ``matteforge verify OUT`` prints every problem found and
-exits non-zero.  Sizes come from one recursive listing, so an object store answers a few LIST
-requests instead of one HEAD per file.
+exits non-zero.  Files no row names (left by a build killed between writing a sample's files and
+committing its shard; the next build names or rewrites them) are warnings, not problems: they
+cost space but no reader of the manifest ever sees them.  Sizes come from one recursive
+listing, so an object store answers a few LIST requests instead of one HEAD per file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ STATS_FILE = manifest.STATS_FILE
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     files_checked: int = 0
 
     @property
@@ -117,6 +120,30 @@ def _check_counts(meta: dict[str, Any], stats: dict[str, Any], samples: list[dic
         report.problems.append(f"{STATS_FILE} lists other shards than manifest/samples holds")
 
 
+_BOOKKEEPING = ("manifest/", "dataset.json", STATS_FILE)
+
+
+def _unreferenced(sizes: dict[str, int], named: set[str], report: Report, shown: int = 5) -> None:
+    """Warn about data files that no manifest row names (orphans of an interrupted build)."""
+    orphans = sorted(rel for rel in sizes
+                     if rel not in named and not rel.startswith(_BOOKKEEPING))
+    if orphans:
+        more = f" (and {len(orphans) - shown} more)" if len(orphans) > shown else ""
+        report.warnings.append(f"{len(orphans)} file(s) no manifest row names, e.g. "
+                               f"{', '.join(orphans[:shown])}{more}: an interrupted build left "
+                               "them; the next build of those inputs reuses them")
+
+
+def _check_duplicate_rows(samples: list[dict[str, Any]], report: Report) -> None:
+    """One ok row per sample, and every ``duplicate`` row names a sample another row holds."""
+    _duplicates([r["sample_id"] for r in samples if r["status"] == "ok"], "ok sample", report)
+    held = {r["sample_id"] for r in samples if r["status"] != "duplicate"}
+    for row in samples:
+        if row["status"] == "duplicate" and row["sample_id"] not in held:
+            report.problems.append(f"{row['source_uri']}: duplicate of sample {row['sample_id']}, "
+                                   "which no other row holds")
+
+
 def verify_dataset(
     uri: str, *, hashes: bool = True, storage_options: dict[str, Any] | None = None
 ) -> Report:
@@ -133,10 +160,13 @@ def verify_dataset(
     composites = manifest.read_table(out, "composites").to_pylist()
     _duplicates([r["source_uri"] for r in samples], "sample source", report)
     _duplicates([r["composite_id"] for r in composites], "composite", report)
+    _check_duplicate_rows(samples, report)
     for row in samples:
         if row["status"] != "ok":
             continue
         for kind in manifest.ARTIFACTS:
+            if f"{kind}_uri" not in row:  # a shard written before this artifact existed
+                continue
             check.file(row[f"{kind}_uri"], row[f"{kind}_bytes"], row[f"{kind}_sha256"],
                        f"sample {row['sample_id']}")
     ok_samples = {r["sample_id"]: r for r in samples if r["status"] == "ok"}
@@ -153,5 +183,10 @@ def verify_dataset(
             report.problems.append(f"sample {sid}: {per_sample.get(sid, 0)} composite rows, "
                                    f"n_composites says {row['n_composites']}")
     _check_counts(meta, stats, samples, len(composites), set(sample_shards), report)
+    backgrounds = manifest.read_table(out, "backgrounds").to_pylist()
+    named = {row.get(f"{kind}_uri") for row in samples for kind in manifest.ARTIFACTS}
+    named |= {row.get(key) for row in composites for key in ("merged_uri", "bg_uri")}
+    named |= {row.get("bg_uri") for row in backgrounds}
+    _unreferenced(check.sizes, {n for n in named if n}, report)
     return report
 

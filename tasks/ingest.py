@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import posixpath
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,6 +18,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 SAMPLE_ID_HEX = 20  # 80 bits of the content hash: unique for any realistic collection
+# Formats that are one family: a camera JPEG often opens as MPO (JPEG plus extra pictures).
+_SAME_FAMILY = {"MPO": "JPEG"}
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -61,10 +65,34 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
+def _extension_note(name: str | None, fmt: str) -> str | None:
+    """A note when the file's extension names another format than its bytes have.
+
+    The bytes decide (a PNG named ``.jpg`` decodes as the PNG it is); the note tells whoever
+    exported the collection that its names are not to be trusted.
+    """
+    if not name or not fmt:
+        return None
+    expected = Image.registered_extensions().get(posixpath.splitext(name)[1].lower())
+    if expected is None or _SAME_FAMILY.get(expected, expected) == _SAME_FAMILY.get(fmt, fmt):
+        return None
+    return f"extension_mismatch:{fmt}"
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block is ignored, as exif_transpose would
+        return 1
+
+
 def decode_image(
-    data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
+    data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1, name: str | None = None
 ) -> IngestResult:
-    """Decode ``data``; the result carries the image (status ok) or the reason it was refused."""
+    """Decode ``data``; the result carries the image (status ok) or the reason it was refused.
+
+    ``name`` (the file's name or URI) is only compared with the detected format, for a note.
+    """
     digest = content_hash(data)
     result = IngestResult(
         status="failed", reason="", detail="", content_sha256=digest, n_bytes=len(data)
@@ -77,6 +105,8 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             result.source_format = im.format or ""
+            if note := _extension_note(name, result.source_format):
+                result.notes.append(note)
             width, height = im.size
             result.width, result.height = width, height
             if width * height > max_pixels:
@@ -92,6 +122,8 @@ def decode_image(
                 result.notes.append(f"multi_frame:first_of_{n_frames}")
                 im.seek(0)
             im.load()
+            if _orientation(im) not in (0, 1):
+                result.notes.append(f"exif_transposed:{_orientation(im)}")
             im = ImageOps.exif_transpose(im)
             result.image = _to_rgb8(im, result.notes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -100,8 +132,9 @@ def decode_image(
     except UnidentifiedImageError:
         result.reason, result.detail = "not_an_image", "no known image format recognised"
         return result
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        result.reason, result.detail = "decode_error", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # Pillow plugins raise many types (struct.error, ...) on bad bytes
+        result.reason, result.detail = "decode_error", f"{type(exc).__name__}: {exc}"[:2000]
+        result.image = None
         return result
     result.height, result.width = result.image.shape[:2]
     result.status = "ok"

@@ -19,10 +19,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matteforge.tasks.storage import Location, refresh, write_bytes_atomic
+from matteforge.tasks.storage import Location, read_bytes, refresh, write_bytes_atomic
 
 SCHEMA_VERSION = "1"
-ARTIFACTS = ("image", "mask", "trimap", "alpha", "fg")
+# alpha_model: the segmenter's probability map as 8-bit, kept so a better matting stage can
+# start again from the model without rerunning it.
+ARTIFACTS = ("image", "mask", "alpha_model", "trimap", "alpha", "fg")
 STAGES = ("ingest", "segment", "trimap", "alpha", "foreground", "composite", "write")
 # Samples-file metadata: {"seconds": wall time of the task that wrote it, "inputs": its inputs}.
 SHARD_RUN_KEY = "matteforge.shard_run"
@@ -33,11 +35,15 @@ def _field(name: str, type_: pa.DataType, doc: str) -> pa.Field:
     return pa.field(name, type_, metadata={"doc": doc})
 
 
+_ARTIFACT_DOCS = {"alpha_model": "alpha_model (segmenter probability map, 8-bit)"}
+
+
 def _artifact_fields() -> list[pa.Field]:
     fields = []
     for kind in ARTIFACTS:
         fields += [
-            _field(f"{kind}_uri", pa.string(), f"{kind} PNG, relative to the dataset root"),
+            _field(f"{kind}_uri", pa.string(), f"{_ARTIFACT_DOCS.get(kind, kind)} PNG, "
+                   "relative to the dataset root"),
             _field(f"{kind}_sha256", pa.string(), f"sha256 of the {kind} file"),
             _field(f"{kind}_bytes", pa.int64(), f"size of the {kind} file in bytes"),
         ]
@@ -51,7 +57,7 @@ SAMPLES_SCHEMA = pa.schema(
         _field("content_sha256", pa.string(), "sha256 of the source file's bytes"),
         _field("source_bytes", pa.int64(), "size of the source file"),
         _field("source_format", pa.string(), "format Pillow recognised (JPEG, PNG, ...)"),
-        _field("status", pa.string(), "ok | rejected | failed"),
+        _field("status", pa.string(), "ok | rejected | failed | duplicate"),
         _field("reason", pa.string(), "machine-readable reason code when status != ok"),
         _field("detail", pa.string(), "human-readable explanation"),
         _field("notes", pa.string(), "comma-separated ingest notes (conversions, frames)"),
@@ -67,6 +73,7 @@ SAMPLES_SCHEMA = pa.schema(
         _field("n_composites", pa.int32(), "composites made from this sample"),
         _field("model_id", pa.string(), "segmentation model id"),
         _field("model_sha256", pa.string(), "sha256 of the segmentation weights"),
+        _field("model_license", pa.string(), "license of the segmentation weights"),
         _field("config_hash", pa.string(), "hash of the output-shaping configuration"),
         *[_field(f"seconds_{s}", pa.float32(), f"wall seconds in {s}") for s in STAGES],
     ]
@@ -166,18 +173,22 @@ def shard_files(loc: Location, table: str) -> dict[str, str]:
 
 
 def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
-    """Committed shard files of one table by file name (temporary files are skipped)."""
-    found = {}
-    for name, path in shard_files(loc, table).items():
-        with loc.fs.open(path, "rb") as fh:
-            found[name] = pq.read_table(fh)
-    return found
+    """Committed shard files of one table by file name (temporary files are skipped).
+
+    Read whole through :func:`read_bytes`, so a transient error is retried like any other read.
+    """
+    return {name: pq.read_table(pa.BufferReader(read_bytes(loc, path)))
+            for name, path in shard_files(loc, table).items()}
 
 
 def read_table(loc: Location, table: str) -> pa.Table:
-    """All committed shards of one table, concatenated."""
+    """All committed shards of one table, concatenated.
+
+    Shards written before a column was added (same schema version) get nulls in it, so a build
+    into an older dataset still reads it.
+    """
     tables = list(read_shards(loc, table).values())
-    return pa.concat_tables(tables) if tables else to_table([], table)
+    return pa.concat_tables(tables, promote_options="default") if tables else to_table([], table)
 
 
 def shard_run(table: pa.Table) -> dict[str, Any]:

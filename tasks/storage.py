@@ -22,6 +22,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from matteforge.tasks.retry import DEFAULT_POLICY, RetryPolicy, with_retries
+
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
@@ -32,11 +34,16 @@ def redact_uri(uri: str) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """A filesystem plus a root path on it; ``uri`` keeps the caller's spelling for display."""
+    """A filesystem plus a root path on it; ``uri`` keeps the caller's spelling for display.
+
+    ``retry`` travels with the location so every read and write through it (on whichever Dask
+    worker) retries transient errors the way the build's config says.
+    """
 
     fs: fsspec.AbstractFileSystem
     root: str
     uri: str
+    retry: RetryPolicy = DEFAULT_POLICY
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts) if parts else self.root
@@ -49,37 +56,73 @@ class Location:
         return f"{protocol}://{path.removeprefix(protocol + '://')}"
 
 
-def locate(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
+def locate(
+    uri: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_POLICY
+) -> Location:
     fs, root = url_to_fs(uri, **(storage_options or {}))
-    return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri)
+    return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri, retry=retry)
 
 
-def list_file_sizes(loc: Location, extensions: list[str] | None = None) -> list[tuple[str, int]]:
+def list_file_sizes(
+    loc: Location, extensions: list[str] | None = None
+) -> list[tuple[str, int | None]]:
     """(path, size) of every file under ``loc`` (recursively), sorted, filtered by suffix.
 
     A root that is itself a file lists as that one file, so ``--input photo.jpg`` works.
+    Directories are walked, never listed, even when named like an image (``x.jpg/``).
+    Symbolic links (local disks) are listed by what they point at, see :func:`_link_target`.
     """
     if loc.fs.isfile(loc.root):
-        found = {loc.root: loc.fs.info(loc.root)}
+        entries = {loc.root: loc.fs.info(loc.root)}
     else:
-        found = {p: info for p, info in loc.fs.find(loc.root, detail=True).items()
-                 if info.get("type") == "file"}
+        entries = loc.fs.find(loc.root, detail=True)
     if extensions is not None:
         wanted = {e.lower() for e in extensions}
-        found = {p: i for p, i in found.items() if posixpath.splitext(p)[1].lower() in wanted}
+        entries = {p: i for p, i in entries.items() if posixpath.splitext(p)[1].lower() in wanted}
+    found: dict[str, dict[str, Any]] = {}
+    for path, info in entries.items():
+        if info.get("islink") and info.get("type") != "file":
+            info = _link_target(loc, path)
+        if info is not None and info.get("type") == "file":
+            found[path] = info
     return [(p, found[p].get("size")) for p in sorted(found)]
+
+
+def _link_target(loc: Location, path: str) -> dict[str, Any] | None:
+    """What a symbolic link stands for in a listing: its file, nothing, or an unreadable file.
+
+    A link to a file lists as that file.  A link to a directory is not followed (a link to
+    ``..`` would loop forever).  A broken link or a loop of links lists with an unknown size,
+    so reading it fails and the failure becomes a manifest row instead of a silent omission.
+    """
+    try:
+        target = loc.fs.info(path)
+    except OSError:  # FileNotFoundError (broken) or ELOOP (a loop of links)
+        return {"type": "file", "size": None}
+    return target if target.get("type") == "file" else None
 
 
 def list_files(loc: Location, extensions: list[str] | None = None) -> list[str]:
     return [path for path, _ in list_file_sizes(loc, extensions)]
 
 
+class FileTooLarge(ValueError):
+    """A file over the configured size limit: refused before a byte of it is read."""
+
+
 def read_bytes(loc: Location, path: str, max_bytes: int | None = None) -> bytes:
-    """Read a whole file, refusing files over ``max_bytes`` before reading them."""
+    """Read a whole file, refusing files over ``max_bytes`` before reading them.
+
+    Transient errors are retried per ``loc.retry``; a missing file or a refused one is not.
+    """
+    return with_retries(lambda: _read_once(loc, path, max_bytes), loc.retry)
+
+
+def _read_once(loc: Location, path: str, max_bytes: int | None) -> bytes:
     if max_bytes is not None:
         size = loc.fs.size(path)
         if size is not None and size > max_bytes:
-            raise ValueError(f"file is {size} bytes, over the limit of {max_bytes}")
+            raise FileTooLarge(f"file is {size} bytes, over the limit of {max_bytes}")
     with loc.fs.open(path, "rb") as fh:
         return fh.read()
 
@@ -99,7 +142,15 @@ def is_local(loc: Location) -> bool:
 
 
 def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old object or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old object or the new one, never half.
+
+    Transient errors are retried per ``loc.retry``: each attempt is a whole atomic write (a new
+    temporary name), so a failed attempt leaves at most a temporary file, never half a file.
+    """
+    with_retries(lambda: _write_once(loc, path, data), loc.retry)
+
+
+def _write_once(loc: Location, path: str, data: bytes) -> None:
     if _protocols(loc) & _OBJECT_STORES:
         loc.fs.pipe_file(path, data)
         return

@@ -102,6 +102,12 @@ def test_trimaps_alphas_and_composites_are_well_formed(demo_build):
         alpha = np.asarray(Image.open(demo_build / row["alpha_uri"]))
         assert alpha.shape == trimap.shape
         assert (alpha[trimap == 255] == 255).all() and (alpha[trimap == 0] == 0).all()
+        # the model's own probability map is kept, and the mask is it cut at 0.5
+        model = np.asarray(Image.open(demo_build / row["alpha_model_uri"]))
+        mask = np.asarray(Image.open(demo_build / row["mask_uri"]))
+        assert model.dtype == np.uint8 and model.shape == trimap.shape
+        assert ((model >= 128) == (mask == 255)).all()
+        assert 0 < ((model > 0) & (model < 255)).mean() < 0.5  # soft, not a copy of the mask
         want = cfg["per_foreground_test"] if row["split"] == "test" else cfg["per_foreground_train"]
         assert row["n_composites"] == want
 
@@ -109,6 +115,8 @@ def test_trimaps_alphas_and_composites_are_well_formed(demo_build):
 def test_dataset_json_records_model_counts_and_checksums(demo_build):
     meta = json.loads((demo_build / "dataset.json").read_text())
     assert len(meta["model"]["sha256"]) == 64 and meta["model"]["license"]
+    samples = pd.read_parquet(demo_build / "manifest/samples")
+    assert set(samples["model_license"]) == {meta["model"]["license"]}
     assert meta["counts"]["by_status"] == {"failed": 1, "ok": 2, "rejected": 2}
     assert meta["counts"]["composites"] > 0
     for rel in meta["checksums"]:

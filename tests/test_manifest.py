@@ -51,3 +51,25 @@ def test_identical_rows_give_identical_bytes(tmp_path):
 def test_missing_table_reads_as_empty(tmp_path):
     table = manifest.read_table(locate(str(tmp_path)), "backgrounds")
     assert table.num_rows == 0 and "bg_id" in table.schema.names
+
+
+def test_model_alpha_and_license_columns_are_documented():
+    docs = {f.name: f.metadata[b"doc"].decode() for f in manifest.SAMPLES_SCHEMA}
+    assert "probability map" in docs["alpha_model_uri"]
+    assert {"alpha_model_sha256", "alpha_model_bytes", "model_license"} <= set(docs)
+
+
+def test_shards_written_before_a_column_was_added_read_with_nulls(tmp_path):
+    import pyarrow.parquet as pq
+
+    loc = locate(str(tmp_path))
+    new = {"sample_id": "a" * 20, "status": "ok", "alpha_model_uri": "alpha_model/a.png",
+           "model_license": "Apache-2.0"}
+    manifest.write_table(loc, "samples", manifest.shard_name(1), [new])
+    old = manifest.to_table([{"sample_id": "b" * 20, "status": "ok"}], "samples")
+    old = old.drop_columns(["alpha_model_uri", "alpha_model_sha256", "alpha_model_bytes",
+                            "model_license"])
+    pq.write_table(old, tmp_path / "manifest/samples" / manifest.shard_name(0))
+    rows = {r["sample_id"][0]: r for r in manifest.read_table(loc, "samples").to_pylist()}
+    assert rows["a"]["alpha_model_uri"] == "alpha_model/a.png"
+    assert rows["b"]["alpha_model_uri"] is None and rows["b"]["model_license"] is None

@@ -102,7 +102,7 @@ def test_trimap_change_reuses_the_mask_and_redoes_the_rest(versions):
     ok = old["status"] == "ok"
     assert ok.sum() == 1 and set(old["status"]) == {"ok", "rejected", "failed"}
     assert (new.loc[ok, "sample_id"] == old.loc[ok, "sample_id"]).all()
-    for same in ("mask_sha256", "image_sha256"):
+    for same in ("mask_sha256", "image_sha256", "alpha_model_sha256", "model_license"):
         assert (new.loc[ok, same] == old.loc[ok, same]).all()
     assert (new.loc[ok, "trimap_half_width"] > old.loc[ok, "trimap_half_width"]).all()
     assert (new.loc[ok, "trimap_sha256"] != old.loc[ok, "trimap_sha256"]).all()
@@ -128,7 +128,8 @@ def test_composite_change_reuses_alpha_and_foreground(versions):
     old, new = _samples(versions["parent"]), _samples(versions["composite"])
     assert verify_dataset(str(versions["composite"])).ok
     ok = old["status"] == "ok"
-    for same in ("alpha_sha256", "fg_sha256", "trimap_sha256", "mask_sha256"):
+    for same in ("alpha_sha256", "fg_sha256", "trimap_sha256", "mask_sha256",
+                 "alpha_model_sha256"):
         assert (new.loc[ok, same] == old.loc[ok, same]).all()
     assert (new.loc[ok, "n_composites"] == 1).all()
     assert (old.loc[ok, "n_composites"] > 1).all()
@@ -144,3 +145,22 @@ def test_reprocess_refuses_to_overwrite_its_source(tmp_path):
 
     with pytest.raises(ReprocessError, match="differ"):
         reprocess_dataset.fn(source=str(tmp_path), output=str(tmp_path))
+
+
+def test_stored_mask_offers_the_model_alpha_on_the_masks_side_of_the_threshold():
+    import numpy as np
+
+    from matteforge.flows.reprocess import StoredMask
+
+    mask = np.array([[0, 255, 255, 0]], dtype=np.uint8)
+    model = np.array([[10, 200, 153, 153]], dtype=np.uint8)  # p = 0.5995 rounds up to 153/255
+    image = np.zeros((1, 4, 3), dtype=np.uint8)
+
+    def stored(probability: np.ndarray | None) -> StoredMask:
+        return StoredMask(mask, probability, 0.6, 1.0, "m", "s" * 64, "MIT", {})
+
+    prob = stored(model).predict(image).probability
+    assert prob.dtype == np.float32
+    np.testing.assert_allclose(prob[0, :2], [10 / 255, 200 / 255], rtol=1e-6)
+    assert ((prob >= 0.6) == (mask == 255)).all()
+    np.testing.assert_array_equal(stored(None).predict(image).probability, mask / 255.0)
