@@ -155,13 +155,6 @@ def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, li
     return [(manifest.shard_key(chunk, config_hash), chunk) for chunk in chunks]
 
 
-def _clear_previous(out: Location) -> None:
-    """Overwrite mode: the old manifest goes; files are replaced as shards are rewritten."""
-    for rel in ("manifest", "dataset.json", STATS_FILE):
-        if out.fs.exists(out.path(rel)):
-            out.fs.rm(out.path(rel), recursive=True)
-
-
 def _recover(out: Location) -> list[str]:
     """Undo what a killed build left half-done: temporary files, uncommitted composites files.
 
@@ -329,8 +322,6 @@ def build_dataset(
     opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
     sealed = seal_storage(opts)
     out = locate(cfg.output, opts["output"], cfg.run.io_retry())
-    if cfg.run.mode == "overwrite":
-        _clear_previous(out)
     if discarded := _recover(out):
         logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
                        len(discarded))
@@ -357,7 +348,14 @@ def build_dataset(
         )
     written = {manifest.shard_name(key) for key, _ in shards}
     now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
-    dropped = _drop_rows(out, stale_rows(now, config_hash, seg.weights_sha256, written))
+    drop = stale_rows(now, config_hash, seg.weights_sha256, written)
+    if cfg.run.mode == "overwrite":
+        # The old rows stayed until now, so a killed overwrite leaves the old dataset (plus
+        # whatever shards it committed); only once every shard is in do the rest go, inputs
+        # that have disappeared included.
+        drop |= {(name, r["source_uri"]) for name, rows in now.items() if name not in written
+                 for r in rows}
+    dropped = _drop_rows(out, drop)
     if duplicates := resolve_duplicates(out):
         logger.info("%d source(s) hold the same bytes as another: recorded as duplicates",
                     duplicates)

@@ -233,3 +233,17 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     samples = pd.read_parquet(copy / "manifest/samples")
     assert len(samples) == 5 and samples["source_uri"].is_unique
     assert verify_dataset(str(copy)).ok
+
+    # Overwrite redoes every input; the rows it replaces, and those of inputs that are gone,
+    # leave only after the new shards are committed.
+    gone = tmp_path / "gone-portraits"
+    shutil.copytree(portraits, gone)
+    (gone / "broken.jpg").unlink()
+    common[common.index(str(portraits))] = str(gone)
+    over = _run_cli(*common, "--mode", "overwrite", home=tmp_path / "h3")
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert '"skipped": 0' in over.stdout and '"samples": 4' in over.stdout
+    samples = pd.read_parquet(copy / "manifest/samples")
+    assert len(samples) == 4 and samples["source_uri"].is_unique
+    assert all(uri.startswith(str(gone)) for uri in samples["source_uri"])
+    assert verify_dataset(str(copy)).ok
