@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -73,3 +75,17 @@ def test_shards_written_before_a_column_was_added_read_with_nulls(tmp_path):
     rows = {r["sample_id"][0]: r for r in manifest.read_table(loc, "samples").to_pylist()}
     assert rows["a"]["alpha_model_uri"] == "alpha_model/a.png"
     assert rows["b"]["alpha_model_uri"] is None and rows["b"]["model_license"] is None
+
+
+def test_processes_that_read_shards_exit_cleanly(tmp_path):
+    """pyarrow 26's threaded reads from memory aborted about half of all processes at exit."""
+    loc = locate(str(tmp_path))
+    for i in range(4):
+        manifest.write_table(loc, "samples", manifest.shard_name(i),
+                             [{"sample_id": f"{i:020d}", "status": "ok", "reason": ""}])
+    script = ("from matteforge.tasks import manifest; from matteforge.tasks.storage import "
+              f"locate; loc = locate({str(tmp_path)!r}); "
+              "assert len(manifest.read_shards(loc, 'samples')) == 4")
+    codes = [subprocess.run([sys.executable, "-c", script], capture_output=True).returncode
+             for _ in range(6)]
+    assert codes == [0] * 6
