@@ -141,12 +141,14 @@ def _base_row(uri: str, ingest: IngestResult, cfg: BuildConfig, seg: Segmenter) 
         "notes": ",".join(ingest.notes),
         "width": ingest.width or None,
         "height": ingest.height or None,
-        "model_id": seg.model_id,
-        "model_sha256": seg.weights_sha256,
-        "model_license": seg.license,
-        "config_hash": cfg.config_hash(),
-        "n_composites": 0,
+        **_provenance(cfg, seg),
     }
+
+
+def _provenance(cfg: BuildConfig, seg: Segmenter) -> dict[str, Any]:
+    """What every sample row records about how it was made, unreadable inputs included."""
+    return {"model_id": seg.model_id, "model_sha256": seg.weights_sha256,
+            "model_license": seg.license, "config_hash": cfg.config_hash(), "n_composites": 0}
 
 
 def _put(out: Location, rel: str, data: bytes, row: dict[str, Any], kind: str) -> None:
@@ -314,10 +316,8 @@ def run_shard(
         except Exception as exc:  # unreadable: record it, keep going
             status, reason, detail = read_failure(exc)
             row = {"source_uri": redact_uri(src.url(uri)), "status": status,
-                   "reason": reason, "detail": detail,
-                   "config_hash": cfg.config_hash(), "model_id": seg.model_id,
-                   "model_sha256": seg.weights_sha256, "model_license": seg.license,
-                   "sample_id": "", "n_composites": 0}
+                   "reason": reason, "detail": detail, "sample_id": "",
+                   **_provenance(cfg, seg)}
             rows: tuple[dict[str, Any], list[dict[str, Any]]] = (row, [])
         else:
             rows = process_sample(src.url(uri), data, cfg, seg, cache, out, kept)
