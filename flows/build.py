@@ -18,6 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
@@ -40,6 +41,7 @@ from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
 from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
+from matteforge.tasks.report import summary_markdown, write_report
 from matteforge.tasks.segment import load_segmenter
 from matteforge.tasks.storage import (
     Location,
@@ -272,6 +274,23 @@ def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources
     clear_temporary(out)  # every writer is done: a finished dataset has no .tmp/ folder
 
 
+def publish_report(out: Location, seed: int, source_options: dict[str, Any] | None) -> None:
+    """``report/index.html``, then a markdown artifact on the flow run pointing at it.
+
+    Runs after the dataset is complete; a report that cannot be made costs a warning, never the
+    build it describes.
+    """
+    logger = get_run_logger()
+    try:
+        path = write_report(out, seed=seed, source_storage_options=source_options)
+        create_markdown_artifact(markdown=summary_markdown(out, path), key="build-report",
+                                 description="matteforge build summary")
+    except Exception as exc:
+        logger.warning("could not write the report: %s: %s", type(exc).__name__, exc)
+        return
+    logger.info("report: %s", redact_uri(out.url(out.path(path))))
+
+
 def _parent_of(out: Location) -> dict[str, Any] | None:
     """``parent`` of the dataset.json already at ``out`` (written by the reprocess flow)."""
     path = out.path("dataset.json")
@@ -366,6 +385,7 @@ def build_dataset(
     write_record(out, cfg, model_record(seg),
                  {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
                  summary)
+    publish_report(out, cfg.seed, opts["input"])
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
     return summary

@@ -6,7 +6,8 @@ redoes (see :func:`first_changed_stage`):
 
 * ``composite`` (``composite.*``, ``seed``): the image, mask, alpha_model, trimap, alpha and fg
   files are reused; splits and composites are made again.
-* ``trimap`` (``trimap.*`` other than the threshold, ``alpha.*``): the stored files stand in for
+* ``trimap`` (``trimap.*`` other than the threshold, ``alpha.*``, ``quality.*``): the stored
+  files stand in for
   the segmenter, so segmentation is not rerun; trimap, alpha, foreground and composites are.
   The probability is the stored 8-bit ``alpha_model`` held to the stored mask's side of the
   threshold (so the trimap is the one the float map gives); a parent without ``alpha_model``
@@ -48,6 +49,7 @@ from matteforge.flows.build import (
     index_backgrounds_task,
     make_task_runner,
     model_record,
+    publish_report,
     write_record,
 )
 from matteforge.flows.duplicates import DUPLICATE
@@ -82,7 +84,7 @@ def first_changed_stage(old: BuildConfig, new: BuildConfig, model_changed: bool)
             or old.segment.presence_threshold != new.segment.presence_threshold
             or old.trimap.threshold != new.trimap.threshold or needs_probability):
         return "segment"
-    if old.trimap != new.trimap or old.alpha != new.alpha:
+    if old.trimap != new.trimap or old.alpha != new.alpha or old.quality != new.quality:
         return "trimap"
     if old.composite != new.composite or old.seed != new.seed:
         return "composite"
@@ -172,8 +174,11 @@ def reprocess_rows(rows: list[dict[str, Any]], stage: Stage, cfg: BuildConfig, p
     samples, composites = [], []
     for row in rows:
         # A duplicate stays one: its sample is redone through the row that holds it.
-        redo = (row["status"] == "ok" or (stage == "segment" and bool(row["sample_id"])
-                                          and row["status"] != DUPLICATE))
+        # Rows the quality rule rejected keep their files, so later stages can judge them again.
+        judged = row["status"] == "rejected" and (row["reason"] or "").startswith("low_quality:")
+        redo = (row["status"] == "ok" or (judged and stage != "composite")
+                or (stage == "segment" and bool(row["sample_id"])
+                    and row["status"] != DUPLICATE))
         if not redo:
             new, comps = dict(row), []
         elif stage == "composite":
@@ -291,5 +296,6 @@ def reprocess_dataset(
                "changes": changes or {}}
     write_record(out, cfg, model, {"input": meta["sources"]["input"],
                                    "backgrounds": redact_uri(bg_uri)}, summary, lineage)
+    publish_report(out, cfg.seed, opts["input"])
     logger.info("done: %s from the %s stage", json.dumps(summary["dataset"]["by_status"]), stage)
     return summary

@@ -25,8 +25,15 @@ from matteforge.tasks import composite as comp
 from matteforge.tasks import manifest, trimap
 from matteforge.tasks.alpha import knn_alpha_with_info
 from matteforge.tasks.codec import encode, to_uint8
-from matteforge.tasks.foreground import estimate_foreground
+from matteforge.tasks.effects import (
+    apply_background_effects,
+    apply_foreground_effects,
+    sample_effects,
+    specs_to_json,
+)
+from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
+from matteforge.tasks.quality import judge, quality_figures
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, load_segmenter
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 from matteforge.tasks.unreadable import read_failure
@@ -235,7 +242,11 @@ def _run_stages(
         alpha8 = to_uint8(alpha)
     row["alpha_iterations"], row["alpha_residual"] = info.iterations, info.residual
     with timer("foreground"):
-        fg = estimate_foreground(image, alpha8)
+        fg, bg_estimate = estimate_foreground_background(image, alpha8)
+    with timer("quality"):
+        figures = quality_figures(image, result.probability, tri, alpha8, fg, bg_estimate, half)
+    row.update(figures.as_row())
+    verdict = judge(row, cfg.quality.limits())
     with timer("write"):
         for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
                                     ("alpha_model", "alpha_model",
@@ -243,6 +254,9 @@ def _run_stages(
                                     ("trimap", TRIMAP_DIR, tri), ("alpha", "alpha", alpha8),
                                     ("fg", "fg", fg)):
             _put(out, f"{folder}/{sid}.png", encode(array), row, kind)
+    if verdict is not None:  # files kept so the report can show why; no composites
+        row["status"], (row["reason"], row["detail"]) = "rejected", verdict
+        return
     with timer("composite"):
         composites.extend(_make_composites(sid, fg, alpha8, row, cfg, backgrounds, out))
     row["n_composites"] = len(composites)
@@ -261,7 +275,13 @@ def _make_composites(
     rows = []
     for index, bg_id in enumerate(comp.assign_backgrounds(sid, backgrounds.ids, count, cfg.seed)):
         bg = comp.fit_background(backgrounds.get(bg_id), height, width)
-        merged = encode(comp.composite(fg, alpha8, bg, c.mode), c.format, c.jpeg_quality)
+        specs = sample_effects(comp.effects_rng(sid, bg_id, cfg.seed), c.effects)
+        if specs:
+            bg = apply_background_effects(bg, specs)
+            layer = apply_foreground_effects(fg, alpha8, specs)
+        else:
+            layer = fg
+        merged = encode(comp.composite(layer, alpha8, bg, c.mode), c.format, c.jpeg_quality)
         rel = f"merged/{sid}_{bg_id}.{c.format}"
         write_bytes_atomic(out, out.path(rel), merged)
         rows.append({
@@ -270,6 +290,7 @@ def _make_composites(
             "merged_bytes": len(merged), "bg_uri": backgrounds.ref(bg_id).bg_uri,
             "fg_uri": row["fg_uri"], "alpha_uri": row["alpha_uri"], "mode": c.mode,
             "width": width, "height": height, "config_hash": row["config_hash"],
+            "effects": specs_to_json(specs),
         })
     return rows
 

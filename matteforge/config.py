@@ -113,6 +113,55 @@ class CompositeConfig(_Section):
     format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
     copy_backgrounds: bool = Field(True, description="Copy used backgrounds into <out>/bg/.")
+    effects: dict[str, float] = Field(
+        default_factory=dict,
+        description="Effect name → probability per composite (bokeh, motion_blur, zoom_blur, "
+        "mosaic, retouch, tone; tasks/effects.py); empty = plain Composition-1K composites.",
+    )
+
+    @model_validator(mode="after")
+    def _known_effects(self) -> CompositeConfig:
+        from matteforge.tasks.effects import EFFECTS
+
+        unknown = sorted(set(self.effects) - set(EFFECTS))
+        if unknown:
+            raise ValueError(f"unknown effects {unknown}; known: {sorted(EFFECTS)}")
+        bad = {k: p for k, p in self.effects.items() if not 0.0 <= p <= 1.0}
+        if bad:
+            raise ValueError(f"effect probabilities must be in [0, 1], got {bad}")
+        return self
+
+
+class QualityConfig(_Section):
+    """The acceptance rule: a sample whose figure passes a limit is ``rejected`` with reason
+    ``low_quality:<figure>`` (its files are kept for review; it gets no composites).
+
+    Figures are described in ``tasks/quality.py``; None switches a limit off.  The defaults were
+    chosen on real portraits with good and deliberately broken masks (``benchmarks/quality.py``,
+    docs/quality.md): no good mask is rejected.
+    """
+
+    min_edge_support: float | None = Field(
+        1.6, ge=0.0, description="Good mattes 1.89-5.33, broken masks 0.95-1.47 (measured).")
+    max_mask_alpha_disagreement: float | None = Field(
+        0.08, ge=0.0, le=1.0, description="Good 0.004-0.021, confetti masks >= 0.12.")
+    max_fg_components: int | None = Field(
+        8, ge=1, description="Person regions; good portraits 1-2; room for group photos.")
+    max_unknown_fraction: float | None = Field(
+        0.4, gt=0.0, le=1.0, description="Good 0.04-0.15; a shattered mask's band 0.12-0.52.")
+    max_alpha_residual: float | None = Field(
+        1e-3, gt=0.0, description="Relative residual the solver stopped at (not converged).")
+    max_composite_residual: float | None = Field(
+        None, ge=0.0, le=1.0, description="Off: it did not separate good from broken masks.")
+
+    def limits(self) -> dict[str, tuple[str, float]]:
+        """``figure → ("max" | "min", bound)`` for the limits that are on, in checking order."""
+        out: dict[str, tuple[str, float]] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                kind, _, figure = name.partition("_")
+                out[figure] = (kind, value)
+        return out
 
 
 class RunConfig(_Section):
@@ -226,6 +275,7 @@ class BuildConfig(_Section):
     trimap: TrimapConfig = Field(default_factory=TrimapConfig)
     alpha: AlphaConfig = Field(default_factory=AlphaConfig)
     composite: CompositeConfig = Field(default_factory=CompositeConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     input: str | None = Field(None, description="Folder or fsspec URI of portraits.")
     backgrounds: str | None = Field(None, description="Folder or fsspec URI of backgrounds.")
@@ -245,7 +295,7 @@ class BuildConfig(_Section):
     def config_hash(self) -> str:
         """Hash of the settings that shape per-sample outputs (not paths, not run settings)."""
         relevant = self.model_dump(
-            include={"seed", "ingest", "segment", "trimap", "alpha", "composite"}
+            include={"seed", "ingest", "segment", "trimap", "alpha", "composite", "quality"}
         )
         relevant["segment"].pop("weights_path", None)
         # Where the solve runs changes alphas by < 1e-3, below 8-bit output: not a new dataset.

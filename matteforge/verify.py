@@ -120,7 +120,8 @@ def _check_counts(meta: dict[str, Any], stats: dict[str, Any], samples: list[dic
         report.problems.append(f"{STATS_FILE} lists other shards than manifest/samples holds")
 
 
-_BOOKKEEPING = ("manifest/", "dataset.json", STATS_FILE)
+# Not data files: the manifest and records, the HTML report, evaluation results.
+_BOOKKEEPING = ("manifest/", "dataset.json", STATS_FILE, "report/", "evaluation/")
 
 
 def _unreferenced(sizes: dict[str, int], named: set[str], report: Report, shown: int = 5) -> None:
@@ -162,11 +163,11 @@ def verify_dataset(
     _duplicates([r["composite_id"] for r in composites], "composite", report)
     _check_duplicate_rows(samples, report)
     for row in samples:
-        if row["status"] != "ok":
-            continue
         for kind in manifest.ARTIFACTS:
             if f"{kind}_uri" not in row:  # a shard written before this artifact existed
                 continue
+            if row["status"] != "ok" and not row[f"{kind}_uri"]:
+                continue  # only ok rows must have every file; low_quality rows keep theirs
             check.file(row[f"{kind}_uri"], row[f"{kind}_bytes"], row[f"{kind}_sha256"],
                        f"sample {row['sample_id']}")
     ok_samples = {r["sample_id"]: r for r in samples if r["status"] == "ok"}

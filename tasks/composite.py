@@ -40,6 +40,11 @@ def assign_backgrounds(sample_id: str, bg_ids: list[str], count: int, seed: int)
     return [pool[i] for i in picks]
 
 
+def effects_rng(sample_id: str, bg_id: str, seed: int) -> np.random.Generator:
+    """The generator one composite's effects are drawn from: a pure function of its identity."""
+    return np.random.default_rng(int(_unit_interval("effects", seed, sample_id, bg_id) * 2**63))
+
+
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
     """Scale up (only if needed, keeping aspect) so it covers HxW, then crop the top-left."""
     bh, bw = background.shape[:2]

@@ -25,7 +25,7 @@ SCHEMA_VERSION = "1"
 # alpha_model: the segmenter's probability map as 8-bit, kept so a better matting stage can
 # start again from the model without rerunning it.
 ARTIFACTS = ("image", "mask", "alpha_model", "trimap", "alpha", "fg")
-STAGES = ("ingest", "segment", "trimap", "alpha", "foreground", "composite", "write")
+STAGES = ("ingest", "segment", "trimap", "alpha", "foreground", "quality", "composite", "write")
 # Samples-file metadata: {"seconds": wall time of the task that wrote it, "inputs": its inputs}.
 SHARD_RUN_KEY = "matteforge.shard_run"
 STATS_FILE = "stats.json"  # at the dataset root: per-shard and merged counts and timings
@@ -70,6 +70,13 @@ SAMPLES_SCHEMA = pa.schema(
         _field("trimap_half_width", pa.int32(), "band half-width used, px"),
         _field("alpha_iterations", pa.int32(), "iterative solver iterations"),
         _field("alpha_residual", pa.float32(), "relative residual of the alpha solve"),
+        _field("mask_alpha_disagreement", pa.float32(),
+               "1 - IoU of alpha >= 0.5 and model probability >= 0.5 (tasks/quality.py)"),
+        _field("composite_residual", pa.float32(),
+               "mean |I - (aF + (1-a)B)| over the unknown band, 0..1 scale"),
+        _field("edge_support", pa.float32(),
+               "image gradient on the alpha contour / around it; low = edge not on an image edge"),
+        _field("fg_components", pa.int32(), "regions of alpha >= 0.5 over 0.1 % of the image"),
         _field("n_composites", pa.int32(), "composites made from this sample"),
         _field("model_id", pa.string(), "segmentation model id"),
         _field("model_sha256", pa.string(), "sha256 of the segmentation weights"),
@@ -96,6 +103,8 @@ COMPOSITES_SCHEMA = pa.schema(
         _field("width", pa.int32(), "composite width"),
         _field("height", pa.int32(), "composite height"),
         _field("config_hash", pa.string(), "hash of the output-shaping configuration"),
+        _field("effects", pa.string(), "JSON list of effects applied ({name, params}); "
+               "tasks/effects.py re-applies them exactly"),
     ]
 )
 

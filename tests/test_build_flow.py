@@ -145,13 +145,40 @@ def test_rebuild_from_python_gives_identical_manifests(demo_build, tmp_path, mon
         pd.testing.assert_frame_equal(first[keep], second[keep])
     def images(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*")
-                      if p.is_file() and p.parts[len(root.parts)] not in ("manifest",)
+                      if p.is_file() and p.parts[len(root.parts)] not in ("manifest", "report")
                       and p.name not in ("dataset.json", "stats.json"))  # timings
 
     first_files = images(demo_build)
     assert first_files and first_files == images(out)
     for rel in first_files:
         assert (demo_build / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_the_build_writes_its_report_and_a_prefect_artifact_pointing_at_it(demo_build):
+    html = (demo_build / "report/index.html").read_text(encoding="utf-8")
+    assert "astronaut.png" in html and "no_person" in html
+    thumbs = list((demo_build / "report/thumbs").iterdir())
+    assert thumbs and all(t.stat().st_size > 0 for t in thumbs)
+    # the artifact lives in the build's own (ephemeral) Prefect database
+    script = (
+        "import asyncio\n"
+        "from matteforge.prefect_env import prefect_api\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        found = await client.read_artifacts(artifact_filter=ArtifactFilter(\n"
+        "            key=ArtifactFilterKey(any_=['build-report'])))\n"
+        "        print(found[0].data)\n"
+        "with prefect_api():\n"
+        "    asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PREFECT_HOME": str(demo_build.parent / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report/index.html" in proc.stdout and "| ok |" in proc.stdout.replace("  ", " ")
 
 
 def test_build_runs_on_an_existing_scheduler_by_address(tmp_path, monkeypatch):

@@ -29,6 +29,8 @@ def _changed(**changes: object) -> tuple:
     ({"alpha": {"n_neighbors": 12, "prior_weight": 0.1}}, "segment"),  # needs the probability
     ({"trimap": {"threshold": 0.6}}, "segment"),  # a 0/255 mask cannot be re-thresholded
     ({"segment": {"model": "meet"}}, "segment"),
+    ({"quality": {"min_edge_support": 1.2}}, "trimap"),  # figures are remade from the masks
+    ({"composite": {"effects": {"bokeh": 0.5}}}, "composite"),
     ({"run": {"shard_size": 9}}, None),
 ])
 def test_first_changed_stage(changes, stage):
