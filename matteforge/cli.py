@@ -208,6 +208,44 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise DatasetInvalid(f"{len(report.problems)} problem(s) in {args.dataset}")
 
 
+def evaluate_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluate flow's parameters: datasets open with ``output`` options, ground truth with
+    ``input`` options; all of them sealed."""
+    from matteforge.config import StorageConfig, seal_storage
+
+    datasets = list(args.dataset) + ([args.compare] if args.compare else [])
+    if len(datasets) > 2:
+        raise CliError(f"evaluate compares at most two datasets, got {len(datasets)}")
+    if args.band_radius is not None and args.band_radius < 0:
+        raise CliError("--band-radius must be 0 or more")
+    storage = StorageConfig.model_validate(_storage_flags(args))
+    options = {"datasets": [storage.for_location("output", d) for d in datasets],
+               "ground_truth": storage.for_location("input", args.ground_truth),
+               "output": storage.for_location("output", args.output)}
+    params = {"datasets": datasets, "ground_truth": args.ground_truth, "name": args.name,
+              "output": args.output, "storage_options": seal_storage(options)}
+    return params if args.band_radius is None else {**params, "band_radius": args.band_radius}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from matteforge.config import unseal_storage
+    from matteforge.flows.evaluate import EvaluationError, check_inputs, evaluate_dataset
+    from matteforge.prefect_env import prefect_api
+    from matteforge.tasks.evaluate import format_table
+
+    params = evaluate_params(args)
+    try:
+        check_inputs(params["datasets"], params["ground_truth"], params["name"],
+                     unseal_storage(params["storage_options"]))
+        with prefect_api():
+            result = evaluate_dataset(**params)
+    except EvaluationError as exc:
+        raise CliError(str(exc)) from exc
+    print(format_table(result["evaluations"], result["comparison"]))
+    for uri in result["written"]:
+        print(f"wrote {uri}")
+
+
 def _add_storage_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-option", action="append", metavar="[LOCATION:]KEY=VALUE",
                    help="fsspec storage option (repeatable; dotted KEY nests, e.g. "
@@ -244,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hash", action="store_true", help="check sizes only, not sha256")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("evaluate", help="score a dataset's alphas against ground-truth mattes")
+    p.add_argument("--dataset", action="append", required=True,
+                   help="dataset root (folder or fsspec URI); give it twice to compare builds")
+    p.add_argument("--compare", help="a second dataset to compare with the first")
+    p.add_argument("--ground-truth", required=True,
+                   help="folder or fsspec URI holding alpha/ or the matte files, named like "
+                   "the inputs (same stem)")
+    p.add_argument("--name", default="gt", help="evaluation/<name>.parquet and .json")
+    p.add_argument("--output", help="write the results here instead of <dataset>/evaluation/")
+    p.add_argument("--band-radius", type=int,
+                   help="ground-truth band: px around the matte's soft pixels and hard edges "
+                   "(default 5)")
+    _add_storage_flags(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("mask", help="person mask of one image")
     p.add_argument("image")
