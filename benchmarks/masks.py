@@ -23,7 +23,8 @@ stored 8-bit alpha after the build's trimap and KNN alpha with the default ``Bui
 Then the KNN prior table (``alpha.prior_weight``) for the first variant, and the acceptance
 line: the first variant's final mean SAD against mediapipe-selfie's.
 
-Variants: a backend name, optionally ``@<long side>`` (rvm only) and ``+flip`` (mean of the
+Variants: a backend name, optionally ``@<long side>`` (rvm only; ``@384,640`` averages the maps
+at those sizes) and ``+flip`` (mean of the
 mask and the flipped-back mask of the mirrored image; ``--flip`` adds ``rvm+flip``).
 Models run on one torch thread, as the build's workers do.
 """
@@ -134,10 +135,18 @@ def dev_set(n_images: int, n_backgrounds: int, megapixels: float) -> list[Compos
 
 
 def mask_fn(variant: str) -> Callable[[np.ndarray], np.ndarray]:
-    """``name[@size][+flip]`` → image → probability map."""
+    """``name[@size[,size...]][+flip]`` → image → probability map (mean over the sizes)."""
     spec, _, flip = variant.partition("+")
-    name, _, size = spec.partition("@")
-    backend = load_backend(name, size=int(size) if size else None)
+    name, _, sizes = spec.partition("@")
+    backends = [load_backend(name, size=int(s)) for s in sizes.split(",")] if sizes else \
+        [load_backend(name)]
+    if len(backends) == 1:
+        backend = backends[0]
+    else:
+        class _MultiScale:
+            def predict(self, image: np.ndarray) -> np.ndarray:
+                return np.mean([b.predict(image) for b in backends], axis=0).astype(np.float32)
+        backend = _MultiScale()  # type: ignore[assignment]
     if flip != "flip":
         return backend.predict
 

@@ -208,6 +208,21 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise DatasetInvalid(f"{len(report.problems)} problem(s) in {args.dataset}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write ``report/index.html`` again, e.g. for a dataset built before reports existed."""
+    from matteforge.config import StorageConfig
+    from matteforge.tasks.report import write_report
+    from matteforge.tasks.storage import locate, redact_uri
+
+    storage = StorageConfig.model_validate(_storage_flags(args))
+    out = locate(args.dataset, storage.for_location("output", args.dataset))
+    if not out.fs.exists(out.path("manifest")):
+        raise CliError(f"{args.dataset} has no manifest/: not a matteforge dataset")
+    # Sources are only read for thumbnails of rows without files: `input:` options reach them.
+    path = write_report(out, seed=args.seed, source_storage_options=storage.input or None)
+    print(f"wrote {redact_uri(out.url(out.path(path)))}")
+
+
 def evaluate_params(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluate flow's parameters: datasets open with ``output`` options, ground truth with
     ``input`` options; all of them sealed."""
@@ -282,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hash", action="store_true", help="check sizes only, not sha256")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("report", help="(re)write a dataset's HTML report, report/index.html")
+    p.add_argument("dataset", help="dataset root (folder or fsspec URI)")
+    p.add_argument("--seed", type=int, default=0, help="which rows the contact sheets sample")
+    _add_storage_flags(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="score a dataset's alphas against ground-truth mattes")
     p.add_argument("--dataset", action="append", required=True,

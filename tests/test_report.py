@@ -297,3 +297,16 @@ def test_report_pages_load_in_headless_chromium_without_errors(paged, tmp_path):
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[1] == 1280 and pixels.shape[0] > 900
     assert float(np.std(pixels)) > 10  # text, tables and photos, not a blank page
+
+
+def test_report_command_rewrites_the_report_of_an_existing_dataset(dataset, tmp_path, capsys):
+    from matteforge.cli import main
+
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root)
+    shutil.rmtree(root / "report", ignore_errors=True)
+    assert main(["report", str(root)]) == 0
+    assert "report/index.html" in capsys.readouterr().out
+    assert "p3m_fig_a3.png" in (root / INDEX).read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert "not a matteforge dataset" in capsys.readouterr().err
