@@ -288,6 +288,8 @@ def publish_report(out: Location, seed: int, source_options: dict[str, Any] | No
     except Exception as exc:
         logger.warning("could not write the report: %s: %s", type(exc).__name__, exc)
         return
+    finally:
+        clear_temporary(out)  # the report's writes staged through .tmp/ like every other
     logger.info("report: %s", redact_uri(out.url(out.path(path))))
 
 

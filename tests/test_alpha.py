@@ -8,15 +8,19 @@ import cv2
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import LinearOperator, cg
 
 from matteforge.metrics import sad, unknown_region
 from matteforge.tasks.alpha import (
     AlphaInfo,
     band_mask,
     default_band_radius,
+    drop_components,
     eliminated_knn_system,
     eliminated_system,
     floating_nodes,
+    graph_components,
     graph_laplacian,
     knn_affinity,
     knn_alpha,
@@ -24,9 +28,12 @@ from matteforge.tasks.alpha import (
     knn_features,
     knn_weights,
     nearest_neighbors,
+    preconditioned_cg,
+    ruge_stuben_hierarchy,
     soft_constrained_system,
     solve_system,
     split_trimap,
+    strict_upper,
     v_cycle,
 )
 
@@ -291,6 +298,93 @@ def test_amg_solve_zero_rhs_gives_zero():
         _path_laplacian(4) + sp.identity(4), np.zeros(4), preconditioner="amg"
     )
     assert not x.any() and iterations == 0 and residual == 0.0
+
+
+def test_eliminated_knn_system_with_some_sources_matches_the_laplacian_route():
+    # Known nodes among the sources and unknown nodes without a list take the general path.
+    rng = np.random.default_rng(8)
+    n, k = 200, 6
+    features = rng.random((n, 5)).astype(np.float32)
+    is_unknown = rng.random(n) < 0.6
+    node_alpha = rng.random(n)
+    sources = np.flatnonzero(rng.random(n) < 0.7)
+    distances, indices = nearest_neighbors(features, k, queries=sources)
+    weights = knn_weights(distances)
+    matrix, rhs, floating = eliminated_knn_system(
+        indices, weights, is_unknown, node_alpha, np.zeros(n), 0.3, sources
+    )
+    assert not floating.any()
+    rows = np.repeat(sources, k)
+    w = sp.coo_matrix((weights.ravel().astype(np.float64), (rows, indices.ravel())), (n, n))
+    laplacian = graph_laplacian((w + w.T).tocsr())
+    expected, expected_rhs = eliminated_system(
+        laplacian, is_unknown, node_alpha[~is_unknown], np.zeros(is_unknown.sum()), 0.3
+    )
+    np.testing.assert_allclose(matrix.toarray(), expected.toarray(), atol=1e-12)
+    np.testing.assert_allclose(rhs, expected_rhs, atol=1e-12)
+
+
+def test_graph_components_and_dropping_them_match_scipy():
+    rng = np.random.default_rng(9)
+    n = 300
+    rows, cols = rng.integers(0, n, (2, 200))
+    graph = sp.coo_matrix((np.ones(200), (rows, cols)), (n, n)).tocsr()
+    graph = (graph + graph.T + sp.identity(n)).tocsr()
+    labels = graph_components(graph)
+    count, expected = connected_components(graph, directed=False)
+    # Same partition: each label pairs with exactly one scipy label.
+    assert labels.max() + 1 == count
+    assert len(set(zip(labels.tolist(), expected.tolist(), strict=True))) == count
+    keep = np.isin(labels, labels[rng.integers(0, n, 40)])
+    np.testing.assert_array_equal(
+        drop_components(graph, keep).toarray(), graph[keep][:, keep].toarray()
+    )
+
+
+def test_strict_upper_is_the_triangle_right_of_the_diagonal():
+    matrix = sp.random(40, 40, density=0.2, random_state=3, format="csr") + sp.identity(40)
+    np.testing.assert_array_equal(
+        strict_upper(matrix.tocsr()).toarray(), np.triu(matrix.toarray(), k=1)
+    )
+
+
+def test_ruge_stuben_hierarchy_matches_pyamgs_direct_interpolation():
+    pyamg = pytest.importorskip("pyamg")
+    matrix = _poisson(40)
+    ours = ruge_stuben_hierarchy(matrix)
+    theirs = pyamg.ruge_stuben_solver(matrix, interpolation="direct")
+    assert [lv.A.shape for lv in ours.levels] == [lv.A.shape for lv in theirs.levels]
+    for mine, reference in zip(ours.levels[:-1], theirs.levels[:-1], strict=True):
+        np.testing.assert_allclose(mine.P.toarray(), reference.P.toarray(), atol=1e-12)
+    np.testing.assert_allclose(
+        ours.levels[-1].A.toarray(), theirs.levels[-1].A.toarray(), atol=1e-10
+    )
+
+
+def test_v_cycle_of_our_hierarchy_is_symmetric_and_preconditions_well():
+    pytest.importorskip("pyamg")
+    matrix = _poisson(30)
+    operator = v_cycle(ruge_stuben_hierarchy(matrix, max_coarse=50))
+    rng = np.random.default_rng(7)
+    u, v = rng.standard_normal((2, matrix.shape[0]))
+    assert u @ operator.matvec(v) == pytest.approx(v @ operator.matvec(u), rel=1e-10)
+    x, iterations, residual = preconditioned_cg(matrix, u, None, 1e-8, 100, operator)
+    assert iterations <= 12 and residual <= 1e-8
+    np.testing.assert_allclose(matrix @ x, u, atol=1e-6)
+
+
+def test_preconditioned_cg_follows_scipys_cg():
+    matrix = _poisson(20) + 0.1 * sp.identity(400, format="csr")
+    rhs = np.random.default_rng(4).standard_normal(400)
+    inverse_diagonal = 1.0 / matrix.diagonal()
+    jacobi = LinearOperator(matrix.shape, matvec=lambda r: inverse_diagonal * r)
+    steps = []
+    expected, _ = cg(
+        matrix, rhs, x0=np.full(400, 0.5), rtol=1e-8, M=jacobi, callback=lambda _: steps.append(1)
+    )
+    x, iterations, residual = preconditioned_cg(matrix, rhs, np.full(400, 0.5), 1e-8, 1000, jacobi)
+    assert iterations == len(steps) and residual <= 1e-8
+    np.testing.assert_allclose(x, expected, atol=1e-10)
 
 
 def test_solve_system_rejects_unknown_preconditioner():
