@@ -245,11 +245,14 @@ def _config_record(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources: dict[str, str],
-                 summary: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
-    """stats.json, then dataset.json (written last: its presence means the dataset is done).
+                 summary: dict[str, Any], parent: dict[str, Any] | None = None,
+                 source_options: dict[str, Any] | None = None) -> None:
+    """stats.json, then dataset.json (written last: its presence means the dataset is done),
+    then the report that describes them.
 
     Shared by the build and the reprocess flow.  ``parent`` (a reprocessed version's lineage)
-    defaults to the one already recorded at ``out``, so builds into a version keep it.
+    defaults to the one already recorded at ``out``, so builds into a version keep it;
+    ``source_options`` open the inputs for the report's thumbnails of rows without files.
     """
     stats = dataset_stats(manifest.read_shards(out, "samples"),
                           {k: v for k, v in summary.items() if k != "dataset"})
@@ -271,10 +274,11 @@ def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources
         dataset["parent"] = parent
     write_bytes_atomic(out, out.path("dataset.json"),
                        json.dumps(dataset, indent=2, sort_keys=True).encode())
+    _publish_report(out, cfg.seed, source_options)
     clear_temporary(out)  # every writer is done: a finished dataset has no .tmp/ folder
 
 
-def publish_report(out: Location, seed: int, source_options: dict[str, Any] | None) -> None:
+def _publish_report(out: Location, seed: int, source_options: dict[str, Any] | None) -> None:
     """``report/index.html``, then a markdown artifact on the flow run pointing at it.
 
     Runs after the dataset is complete; a report that cannot be made costs a warning, never the
@@ -288,8 +292,6 @@ def publish_report(out: Location, seed: int, source_options: dict[str, Any] | No
     except Exception as exc:
         logger.warning("could not write the report: %s: %s", type(exc).__name__, exc)
         return
-    finally:
-        clear_temporary(out)  # the report's writes staged through .tmp/ like every other
     logger.info("report: %s", redact_uri(out.url(out.path(path))))
 
 
@@ -386,8 +388,7 @@ def build_dataset(
                    dataset=dataset_counts(out))
     write_record(out, cfg, model_record(seg),
                  {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
-                 summary)
-    publish_report(out, cfg.seed, opts["input"])
+                 summary, source_options=opts["input"])
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
     return summary

@@ -49,7 +49,6 @@ from matteforge.flows.build import (
     index_backgrounds_task,
     make_task_runner,
     model_record,
-    publish_report,
     write_record,
 )
 from matteforge.flows.duplicates import DUPLICATE
@@ -295,7 +294,7 @@ def reprocess_dataset(
                "dataset_json_sha256": content_hash(meta_bytes), "reprocessed_from": stage,
                "changes": changes or {}}
     write_record(out, cfg, model, {"input": meta["sources"]["input"],
-                                   "backgrounds": redact_uri(bg_uri)}, summary, lineage)
-    publish_report(out, cfg.seed, opts["input"])
+                                   "backgrounds": redact_uri(bg_uri)}, summary, lineage,
+                 source_options=opts["input"])
     logger.info("done: %s from the %s stage", json.dumps(summary["dataset"]["by_status"]), stage)
     return summary
