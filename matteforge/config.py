@@ -121,14 +121,9 @@ class CompositeConfig(_Section):
 
     @model_validator(mode="after")
     def _known_effects(self) -> CompositeConfig:
-        from matteforge.tasks.effects import EFFECTS
+        from matteforge.tasks.effects import check_probabilities
 
-        unknown = sorted(set(self.effects) - set(EFFECTS))
-        if unknown:
-            raise ValueError(f"unknown effects {unknown}; known: {sorted(EFFECTS)}")
-        bad = {k: p for k, p in self.effects.items() if not 0.0 <= p <= 1.0}
-        if bad:
-            raise ValueError(f"effect probabilities must be in [0, 1], got {bad}")
+        check_probabilities(self.effects)
         return self
 
 

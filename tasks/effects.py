@@ -373,6 +373,16 @@ EFFECTS: dict[str, _Effect] = {
 }
 
 
+def check_probabilities(probabilities: Mapping[str, float]) -> None:
+    """Refuse unknown effect names and probabilities outside [0, 1] (ValueError)."""
+    unknown = set(probabilities) - set(EFFECTS)
+    if unknown:
+        raise ValueError(f"unknown effects {sorted(unknown)}; known: {sorted(EFFECTS)}")
+    bad = {k: p for k, p in probabilities.items() if not 0.0 <= p <= 1.0}
+    if bad:
+        raise ValueError(f"effect probabilities must be in [0, 1], got {bad}")
+
+
 def sample_effects(
     rng: np.random.Generator, probabilities: Mapping[str, float]
 ) -> list[EffectSpec]:
@@ -382,12 +392,7 @@ def sample_effects(
     One uniform draw is spent per registered effect whether or not it is named, so changing one
     probability does not reshuffle the others' decisions for the same generator state.
     """
-    unknown = set(probabilities) - set(EFFECTS)
-    if unknown:
-        raise ValueError(f"unknown effects {sorted(unknown)}; known: {sorted(EFFECTS)}")
-    bad = {k: p for k, p in probabilities.items() if not 0.0 <= p <= 1.0}
-    if bad:
-        raise ValueError(f"probabilities must be in [0, 1], got {bad}")
+    check_probabilities(probabilities)
     specs = []
     for name, effect in EFFECTS.items():
         if rng.random() < probabilities.get(name, 0.0):
