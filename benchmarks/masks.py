@@ -1,7 +1,7 @@
 """Mask backends on composites with exact ground truth: raw model masks and final alphas.
 
     python benchmarks/masks.py [--images 10] [--backgrounds 4] [--megapixels 0]
-                               [--variants rvm rvm@384 rvm@256 meet mediapipe-selfie]
+                               [--variants rvm rvm@512x1 rvm@384,640x4 meet mediapipe-selfie]
                                [--prior-weights 0 0.01 0.1 1] [--flip] [--per-image]
 
 Why: what the training data is worth is decided by the final alpha, and KNN matting only fixes
@@ -24,8 +24,9 @@ Then the KNN prior table (``alpha.prior_weight``) for the first variant, and the
 line: the first variant's final mean SAD against mediapipe-selfie's.
 
 Variants: a backend name, optionally ``@<long side>`` (rvm only; ``@384,640`` averages the maps
-at those sizes) and ``+flip`` (mean of the
-mask and the flipped-back mask of the mirrored image; ``--flip`` adds ``rvm+flip``).
+at those sizes; ``@512x1`` also sets rvm's passes, here one: the recipe before 2026-12-02) and
+``+flip`` (mean of the mask and the flipped-back mask of the mirrored image; ``--flip`` adds
+``rvm+flip``).
 Models run on one torch thread, as the build's workers do.
 """
 
@@ -48,10 +49,11 @@ from matteforge.config import BuildConfig
 from matteforge.metrics import connectivity_error, gradient_error, mse, sad
 from matteforge.models.backends import load_backend
 from matteforge.tasks import trimap
-from matteforge.tasks.alpha import knn_alpha
+from matteforge.tasks.alpha import knn_alpha_with_info
 from matteforge.tasks.codec import to_uint8
 from matteforge.tasks.composite import composite, fit_background
-from matteforge.tasks.foreground import estimate_foreground
+from matteforge.tasks.foreground import estimate_foreground, estimate_foreground_background
+from matteforge.tasks.quality import judge, quality_figures
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 P3M = SHARED / "p3m_figure_gt"
@@ -81,8 +83,10 @@ class Scores:
     mse: list[float] = field(default_factory=list)
     grad: list[float] = field(default_factory=list)
     conn: list[float] = field(default_factory=list)
+    rejected: list[str | None] = field(default_factory=list)
 
-    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
+    def add(self, pred: np.ndarray, truth: np.ndarray, rejected: str | None = None) -> None:
+        self.rejected.append(rejected)
         self.sad.append(sad(pred, truth))
         self.mse.append(mse(pred, truth))
         self.grad.append(gradient_error(pred, truth))
@@ -93,8 +97,17 @@ class Scores:
         return (f"{np.mean(self.sad):8.2f} {max(self.sad):8.2f} {np.mean(self.mse):9.5f} "
                 f"{np.mean(self.grad):8.2f} {np.mean(self.conn):8.2f} {bad:6d}")
 
+    def gate(self) -> str:
+        """What the build's acceptance rule (config ``quality``) keeps: count, SAD, >50."""
+        kept = [s for s, r in zip(self.sad, self.rejected, strict=True) if r is None]
+        if not kept:
+            return f"{0:5d} {'-':>8} {'-':>8} {0:6d}"
+        bad = sum(s > BAD_SAD for s in kept)
+        return f"{len(kept):5d} {np.mean(kept):8.2f} {max(kept):8.2f} {bad:6d}"
+
 
 HEADER = f"{'SAD':>8} {'max SAD':>8} {'MSE':>9} {'Grad':>8} {'Conn':>8} {'>50':>6}"
+GATE = f"{'kept':>5} {'SAD':>8} {'max SAD':>8} {'>50':>6}"
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -135,11 +148,13 @@ def dev_set(n_images: int, n_backgrounds: int, megapixels: float) -> list[Compos
 
 
 def mask_fn(variant: str) -> Callable[[np.ndarray], np.ndarray]:
-    """``name[@size[,size...]][+flip]`` → image → probability map (mean over the sizes)."""
+    """``name[@size[,size...][xpasses]][+flip]`` → image → probability map (mean over sizes)."""
     spec, _, flip = variant.partition("+")
     name, _, sizes = spec.partition("@")
-    backends = [load_backend(name, size=int(s)) for s in sizes.split(",")] if sizes else \
-        [load_backend(name)]
+    sizes, _, passes = sizes.partition("x")
+    n_passes = int(passes) if passes else None
+    backends = [load_backend(name, size=int(s), passes=n_passes) for s in sizes.split(",")] \
+        if sizes else [load_backend(name)]
     if len(backends) == 1:
         backend = backends[0]
     else:
@@ -159,19 +174,26 @@ def mask_fn(variant: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def final_alpha(
     image: np.ndarray, probability: np.ndarray, cfg: BuildConfig, prior_weight: float
-) -> np.ndarray:
-    """What flows/shard.py stores as alpha/<id>.png for this mask (8-bit)."""
+) -> tuple[np.ndarray, str | None]:
+    """What flows/shard.py stores as alpha/<id>.png for this mask (8-bit), and the reason the
+    build's acceptance rule would reject the sample (None: kept). Presence is not judged."""
     t, a = cfg.trimap, cfg.alpha
     half = trimap.band_width(*image.shape[:2], fixed=t.width, fraction=t.width_fraction,
                              minimum=t.min_width)
     tri = trimap.make_trimap(probability, threshold=t.threshold, kernel_shape=t.kernel_shape,
                              half_width=half)
-    alpha = knn_alpha(
+    alpha, info = knn_alpha_with_info(
         image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
         constraint_weight=math.inf if a.constraint_weight is None else a.constraint_weight,
         prior=probability, prior_weight=prior_weight, tol=a.tol, max_iter=a.max_iter,
         search_eps=a.search_eps, device=a.device)
-    return to_uint8(alpha)
+    alpha8 = to_uint8(alpha)
+    fg, bg = estimate_foreground_background(image, alpha8)
+    row = {**quality_figures(image, probability, tri, alpha8, fg, bg, half).as_row(),
+           "unknown_fraction": trimap.unknown_fraction(tri),
+           "alpha_iterations": info.iterations, "alpha_residual": info.residual}
+    verdict = judge(row, cfg.quality.limits())
+    return alpha8, None if verdict is None else verdict[0]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -200,14 +222,21 @@ def run(args: argparse.Namespace) -> None:
             masks[variant].append(prob)
             raw.add(prob, c.truth)
             start = time.perf_counter()
-            alpha8 = final_alpha(c.image, prob, cfg, cfg.alpha.prior_weight)
+            alpha8, rejected = final_alpha(c.image, prob, cfg, cfg.alpha.prior_weight)
             knn_s += time.perf_counter() - start
-            final.add(alpha8, c.truth)
+            final.add(alpha8, c.truth, rejected)
         finals[variant], knn_seconds[variant] = final, knn_s / len(comps)
         n = len(comps)
         print(f"{variant:<18} {'mask':<6} {raw.row()} {model_s / n:7.3f}")
         print(f"{'':<18} {'final':<6} {final.row()} {knn_s / n:7.3f}", flush=True)
-    print("\ns/img: model for 'mask', trimap + KNN alpha for 'final' (1 torch thread)\n")
+    print("\ns/img: model for 'mask', trimap + KNN alpha + quality figures for 'final' "
+          "(1 torch thread)\n")
+    print("final alphas the build keeps (its acceptance rule, config `quality`, defaults)")
+    print(f"{'variant':<18} {GATE}  rejected for")
+    for variant in variants:
+        reasons = sorted({r for r in finals[variant].rejected if r is not None})
+        print(f"{variant:<18} {finals[variant].gate()}  {', '.join(reasons) or '-'}")
+    print()
 
     base = variants[0]
     print(f"KNN prior (alpha.prior_weight) on {base} masks, final alpha")
@@ -219,23 +248,28 @@ def run(args: argparse.Namespace) -> None:
             scores, seconds = Scores(), 0.0
             for c, prob in zip(comps, masks[base], strict=True):
                 start = time.perf_counter()
-                alpha8 = final_alpha(c.image, prob, cfg, weight)
+                alpha8, rejected = final_alpha(c.image, prob, cfg, weight)
                 seconds += (time.perf_counter() - start) / len(comps)
-                scores.add(alpha8, c.truth)
+                scores.add(alpha8, c.truth, rejected)
         print(f"{weight:<12g} {scores.row()} {seconds:7.3f}", flush=True)
 
     if args.per_image:
         print(f"\nfinal SAD per composite\n{'composite':<34}"
               + "".join(f"{v:>18}" for v in variants))
         for i, c in enumerate(comps):
-            print(f"{c.name:<34}" + "".join(f"{finals[v].sad[i]:18.2f}" for v in variants))
+            print(f"{c.name:<34}" + "".join(
+                f"{finals[v].sad[i]:17.2f}{'*' if finals[v].rejected[i] else ' '}"
+                for v in variants))
+        print("* rejected by the acceptance rule")
 
     if "mediapipe-selfie" in finals and base != "mediapipe-selfie":
         ours, selfie = finals[base], finals["mediapipe-selfie"]
         ratio = np.mean(selfie.sad) / np.mean(ours.sad)
         print(f"\nacceptance: final mean SAD selfie {np.mean(selfie.sad):.2f} / {base} "
               f"{np.mean(ours.sad):.2f} = {ratio:.2f}x (goal >= 4x); {base} max SAD "
-              f"{max(ours.sad):.2f}, {sum(s > BAD_SAD for s in ours.sad)} above {BAD_SAD:g}")
+              f"{max(ours.sad):.2f}, {sum(s > BAD_SAD for s in ours.sad)} above {BAD_SAD:g}; "
+              f"kept by the acceptance rule (kept, SAD, max, >50): {base} {ours.gate()}, "
+              f"selfie {selfie.gate()}")
 
 
 def main() -> None:
@@ -245,7 +279,8 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=0.0,
                         help="upscale portraits to about this size first (0: native ~0.13 MP)")
     parser.add_argument("--variants", nargs="+",
-                        default=["rvm", "rvm@384", "rvm@256", "meet", "mediapipe-selfie"],
+                        default=["rvm", "rvm@512x1", "rvm@384,640x4", "meet",
+                                 "mediapipe-selfie"],
                         help="first one is the default backend: prior table and acceptance")
     parser.add_argument("--prior-weights", type=float, nargs="+", default=[0, 0.01, 0.1, 1])
     parser.add_argument("--flip", action="store_true", help="add rvm+flip (mirror TTA)")

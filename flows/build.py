@@ -42,7 +42,7 @@ from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.report import summary_markdown, write_report
-from matteforge.tasks.segment import load_segmenter
+from matteforge.tasks.segment import segmenter_for
 from matteforge.tasks.storage import (
     Location,
     clear_temporary,
@@ -340,7 +340,7 @@ def build_dataset(
     assert cfg.input and cfg.backgrounds and cfg.output
     check_locations(cfg)
     logger = get_run_logger()
-    seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    seg = segmenter_for(cfg.segment)
     storage = cfg.storage.with_overrides(unseal_storage(storage_options))
     opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
     sealed = seal_storage(opts)

@@ -62,7 +62,7 @@ from matteforge.flows.shard import (
 from matteforge.flows.stats import summarize
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash, decode_image
-from matteforge.tasks.segment import SegmentResult, load_segmenter
+from matteforge.tasks.segment import SegmentResult, segmenter_for
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 
 Stage = Literal["segment", "trimap", "composite"]
@@ -154,7 +154,7 @@ def _rerun(row: dict[str, Any], stage: Stage, cfg: BuildConfig, parent: Location
     src = locate(row["source_uri"], input_options)
     data = read_bytes(src, src.root, max_bytes=cfg.ingest.max_bytes)
     if stage == "segment":
-        seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+        seg = segmenter_for(cfg.segment)
     else:
         mask = _gray(_reuse(parent, out, row, "mask"))
         has_model = bool(row.get("alpha_model_uri"))
@@ -270,12 +270,12 @@ def reprocess_dataset(
     model = meta["model"]
     seg = None
     if old.segment.model != cfg.segment.model or cfg.segment.weights_path:
-        seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+        seg = segmenter_for(cfg.segment)
     stage = first_changed_stage(old, cfg, seg is not None and seg.weights_sha256 != model["sha256"])
     if stage is None:
         raise ReprocessError("the changes do not alter any output: nothing to reprocess")
     if stage == "segment":
-        seg = seg or load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+        seg = seg or segmenter_for(cfg.segment)
         model = model_record(seg)
     old_shards = {n: t.to_pylist() for n, t in manifest.read_shards(parent, "samples").items()}
     new_hash = cfg.config_hash()

@@ -34,7 +34,7 @@ from matteforge.tasks.effects import (
 from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
 from matteforge.tasks.quality import judge, quality_figures
-from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, load_segmenter
+from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 from matteforge.tasks.unreadable import read_failure
 
@@ -327,7 +327,7 @@ def run_shard(
     src, bgs, out = (locate(uri, opts.get(name), cfg.run.io_retry()) for name, uri in
                      (("input", input_uri), ("backgrounds", backgrounds_uri),
                       ("output", output_uri)))
-    seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
+    seg = segmenter_for(cfg.segment)
     cache = BackgroundCache(bgs, bg_refs)
     samples, composites = [], []
     kept: dict[str, str] = {}  # sample_id → source of its ok row (see flows/duplicates.py)

@@ -65,7 +65,8 @@ def cmd_mask(args: argparse.Namespace) -> None:
     from matteforge.tasks.trimap import binarize
 
     image = _read_rgb(args.image)
-    result = load_segmenter(args.model, weights_path=args.weights).predict(image)
+    segmenter = load_segmenter(args.model, weights_path=args.weights, passes=args.passes)
+    result = segmenter.predict(image)
     _write(args.out, binarize(result.probability, args.threshold))
     if args.prob:
         _write(args.prob, to_uint8(result.probability))
@@ -325,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob", help="also write the probability map as 8-bit PNG")
     p.add_argument("--model", default="rvm", help="rvm, meet or mediapipe-selfie")
     p.add_argument("--weights", help="own copy of the model weights")
+    p.add_argument("--passes", type=int, help="rvm: times the photo is fed (default 2; 1 fastest)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_mask)
 

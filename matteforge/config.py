@@ -15,7 +15,7 @@ import os
 import posixpath
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from fsspec.utils import get_protocol
@@ -62,6 +62,9 @@ class UserModelConfig(_Section):
     output_key: str | int = Field(0, description="Which output: index, or name/dict key.")
 
 
+EncoderSide = Annotated[int, Field(ge=64, le=2048)]
+
+
 class SegmentConfig(_Section):
     model: str | UserModelConfig = Field(
         "rvm", description="rvm (GPL-3.0), meet, mediapipe-selfie (Apache-2.0), or your model."
@@ -70,6 +73,21 @@ class SegmentConfig(_Section):
     presence_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Presence cut; None = model default."
     )
+    # rvm's recipe (docs/segment.md): None = the measured defaults, [384, 640] and 2 passes.
+    size: EncoderSide | list[EncoderSide] | None = Field(
+        None, description="rvm: long side(s) its encoder sees, maps averaged; None = [384, 640]."
+    )
+    passes: int | None = Field(
+        None, ge=1, le=16, description="rvm: times the photo is fed (1 = fastest); None = 2."
+    )
+
+    @model_validator(mode="after")
+    def _rvm_settings_need_rvm(self) -> SegmentConfig:
+        if self.model != "rvm" and (self.size is not None or self.passes is not None):
+            raise ValueError(
+                f"segment.size and segment.passes apply to the rvm model only, not {self.model!r}"
+            )
+        return self
 
 
 class TrimapConfig(_Section):

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from matteforge.config import UserModelConfig
+from matteforge.config import SegmentConfig, UserModelConfig
 from matteforge.models.backends import (
     SELFIE_WEIGHTS,
     MatteBackend,
@@ -224,14 +224,24 @@ def load_segmenter(
     weights_path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
-    size: int | None = None,
+    size: int | tuple[int, ...] | None = None,
+    passes: int | None = None,
 ) -> Segmenter:
     """Load once per process (each Dask worker pays the load once, not once per batch).
 
     `name` is a built-in backend or your own model's settings (`segment.model` in the config).
-    `size` is the backend's input long side where it has one (rvm: 512); None = its default.
+    `size` is the backend's input long side where it has one (rvm: one or more, default
+    384 and 640), `passes` rvm's number of frames (2); None = the default.
     """
-    return _load_cached(name, weights_path, cache_dir, device, size)
+    return _load_cached(name, weights_path, cache_dir, device, size, passes)
+
+
+def segmenter_for(cfg: SegmentConfig) -> Segmenter:
+    """The segmenter a build's `segment` section asks for."""
+    size = tuple(cfg.size) if isinstance(cfg.size, list) else cfg.size  # hashable for the cache
+    return load_segmenter(
+        cfg.model, weights_path=cfg.weights_path, size=size, passes=cfg.passes
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -240,9 +250,10 @@ def _load_cached(
     weights_path: str | None,
     cache_dir: str | None,
     device: str,
-    size: int | None,
+    size: int | tuple[int, ...] | None,
+    passes: int | None,
 ) -> Segmenter:
-    backend = load_backend(name, weights_path, cache_dir, device, size)
+    backend = load_backend(name, weights_path, cache_dir, device, size, passes)
     presence = None
     if name not in PRESENCE_CALIBRATED:
         presence = load_backend("mediapipe-selfie", None, cache_dir, device)

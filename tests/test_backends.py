@@ -7,13 +7,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from skimage import data
 
 from matteforge.metrics import sad
 from matteforge.models.backends import (
     BACKENDS,
     HUMAN_MODELS,
+    RVM_PASSES,
+    RVM_SIZES,
+    RVM_STATES,
     MatteBackend,
+    RvmBackend,
     load_backend,
     long_side_size,
     resize,
@@ -68,10 +73,70 @@ def test_provenance_names_pinned_weights_and_license(backend: MatteBackend) -> N
 
 
 def test_rvm_input_size_is_configurable() -> None:
-    small = load_backend("rvm", size=128)
+    small = load_backend("rvm", size=256)
+    assert isinstance(small, RvmBackend) and small.sizes == (256,)
+    assert float(small._input(data.astronaut(), 256)[1]) == 0.5
     prob = small.predict(data.astronaut())
     assert prob.shape == (512, 512)
     assert prob[300:450, 60:250].mean() > 0.9
+
+
+def _rvm_frames(rvm: RvmBackend, x: torch.Tensor, ratio: float, frames: int) -> np.ndarray:
+    """RVM run by hand as a video of `frames` identical frames, every output computed."""
+    state = {f"{r}i": torch.zeros(()) for r in RVM_STATES}
+    with torch.inference_mode():
+        for _ in range(frames):
+            out = rvm.net({"src": x, "downsample_ratio": torch.tensor(ratio), **state},
+                          ["pha", *(f"{r}o" for r in RVM_STATES)])
+            state = {f"{r}i": out[f"{r}o"] for r in RVM_STATES}
+    return out["pha"][0, :, :, 0].numpy()
+
+
+def test_rvm_passes_are_frames_of_a_static_video() -> None:
+    """One pass is the zero-state still; n passes feed each pass's state to the next."""
+    image = data.astronaut()  # 512 px: the encoder's size, no refinement above it
+    x = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+    for passes in (1, 3):
+        rvm = load_backend("rvm", size=512, passes=passes)
+        assert isinstance(rvm, RvmBackend) and rvm.passes == passes
+        np.testing.assert_allclose(rvm.predict(image), _rvm_frames(rvm, x, 1.0, passes),
+                                   atol=1e-6)
+    default = load_backend("rvm")
+    assert isinstance(default, RvmBackend)
+    assert (default.passes, default.sizes) == (RVM_PASSES, RVM_SIZES)
+
+
+def test_rvm_default_is_the_mean_of_its_sizes() -> None:
+    image = data.astronaut()
+    maps = [load_backend("rvm", size=s).predict(image) for s in RVM_SIZES]
+    np.testing.assert_allclose(load_backend("rvm").predict(image), np.mean(maps, axis=0),
+                               atol=1e-6)
+    both = load_backend("rvm", size=list(RVM_SIZES))
+    assert isinstance(both, RvmBackend) and both.sizes == RVM_SIZES
+
+
+def test_rvm_refines_at_the_photo_size_up_to_the_cap() -> None:
+    rvm = load_backend("rvm", size=512, passes=2)
+    assert isinstance(rvm, RvmBackend)
+    wide = np.zeros((600, 1200, 3), np.uint8)
+    x, ratio = rvm._input(wide, 512)
+    assert tuple(x.shape) == (1, 600, 1200, 3) and float(ratio) == pytest.approx(512 / 1200)
+    huge = np.zeros((3000, 4000, 3), np.uint8)
+    x, ratio = rvm._input(huge, 512)
+    assert tuple(x.shape) == (1, 1536, 2048, 3) and float(ratio) == pytest.approx(0.25)
+    small = np.zeros((300, 450, 3), np.uint8)
+    x, ratio = rvm._input(small, 512)
+    assert tuple(x.shape) == (1, 341, 512, 3) and float(ratio) == 1.0
+    photo = cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    x = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
+    np.testing.assert_allclose(rvm.predict(photo), _rvm_frames(rvm, x, 0.5, 2), atol=1e-6)
+
+
+def test_passes_are_refused_for_other_models() -> None:
+    with pytest.raises(ValueError, match="rvm model only"):
+        load_backend("meet", passes=2)
+    with pytest.raises(ValueError, match="rvm passes must be >= 1"):
+        load_backend("rvm", passes=0)
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:

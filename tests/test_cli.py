@@ -48,6 +48,9 @@ def test_mask_command_writes_mask_and_probability(files, tmp_path):
     m = _read(mask)
     assert set(np.unique(m)) <= {0, 255} and m.mean() > 10
     assert _read(prob).dtype == np.uint8
+    fast = tmp_path / "fast.png"
+    assert main(["mask", str(files["image"]), "--out", str(fast), "--passes", "1"]) == 0
+    assert np.mean(_read(fast) != m) < 0.05, "one pass: the same person, a little less exact"
 
 
 def test_bad_input_exits_nonzero_with_one_line(files, tmp_path, capsys):

@@ -46,3 +46,17 @@ def test_yaml_is_loaded_safely(tmp_path):
     evil.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(Exception, match=r"constructor|could not determine"):
         load_config(evil)
+
+
+def test_rvm_recipe_settings_are_rvm_only_and_shape_the_hash():
+    default = load_config({})
+    assert default.segment.model == "rvm" and default.segment.passes is None
+    one_pass = load_config({"segment": {"passes": 1, "size": 384}})
+    assert (one_pass.segment.passes, one_pass.segment.size) == (1, 384)
+    assert default.config_hash() != one_pass.config_hash()
+    with pytest.raises(ValidationError, match="rvm model only"):
+        load_config("demo", **{"segment.passes": 2})
+    with pytest.raises(ValidationError):
+        load_config({"segment": {"passes": 0}})
+    with pytest.raises(ValidationError):
+        load_config({"segment": {"size": [384, 9000]}})

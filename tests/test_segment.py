@@ -19,6 +19,7 @@ from matteforge.tasks.segment import (
     is_person,
     letterbox,
     load_segmenter,
+    segmenter_for,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -144,6 +145,16 @@ def test_default_model_is_rvm_in_code_cli_and_config() -> None:
     args = build_parser().parse_args(["mask", "x.png", "--out", "m.png"])
     assert args.model == DEFAULT_MODEL
     assert load_segmenter().model_id.startswith("rvm-mobilenetv3")
+
+
+def test_build_config_sets_the_rvm_recipe() -> None:
+    cfg = load_config({"segment": {"passes": 2, "size": 384}})
+    seg = segmenter_for(cfg.segment)
+    assert (seg.backend.passes, seg.backend.sizes) == (2, (384,))
+    assert seg is segmenter_for(cfg.segment), "cached per process"
+    two = segmenter_for(load_config({"segment": {"size": [384, 512]}}).segment)
+    assert two.backend.sizes == (384, 512)
+    assert segmenter_for(load_config({}).segment) is load_segmenter()
 
 
 def test_selfie_is_the_same_segmenter_as_mediapipe_selfie() -> None:

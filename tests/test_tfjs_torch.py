@@ -446,6 +446,28 @@ def test_rvm_matches_tfjs(tfjs_reference: Path, tmp_path: Path, ratio: float) ->
 
 
 @pytest.mark.slow
+def test_rvm_later_frame_matches_tfjs(tfjs_reference: Path, tmp_path: Path) -> None:
+    """A still fed again (rvm's passes): the recurrent states are real tensors now."""
+    path = _model_json(RVM)
+    net = load_tfjs(path)
+    src, ratio = _photo(152, 200), np.array(0.5, np.float32)
+    states = [f"r{i}" for i in range(1, 5)]
+    with torch.inference_mode():
+        first = net({"src": torch.from_numpy(src), "downsample_ratio": torch.from_numpy(ratio),
+                     **{f"{r}i": torch.zeros(()) for r in states}}, [f"{r}o" for r in states])
+    inputs = {"src": src, **{f"{r}i": first[f"{r}o"].numpy() for r in states},
+              "downsample_ratio": ratio}
+    assert all(np.abs(inputs[f"{r}i"]).max() > 0.1 for r in states)
+    expected = run_reference(tfjs_reference, path, inputs, ["Identity_1:0", "Identity_5:0"],
+                             tmp_path)
+    with torch.inference_mode():
+        got = net({k: torch.from_numpy(v) for k, v in inputs.items()}, ["pha", "r4o"])
+    for name, want in zip(["pha", "r4o"], expected, strict=True):
+        assert got[name].shape == want.shape, name
+        np.testing.assert_allclose(got[name].numpy(), want, atol=2e-4, err_msg=name)
+
+
+@pytest.mark.slow
 def test_meet_matches_tfjs(tfjs_reference: Path, tmp_path: Path) -> None:
     path = _model_json(MEET)
     inputs = {"input_1": _photo(144, 256)}

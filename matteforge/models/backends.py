@@ -6,8 +6,11 @@ dataset can record them. Backends do no presence judgement; `matteforge.tasks.se
 
 Built in (all run as torch modules, no TensorFlow/tfjs/LiteRT at run time):
 
-- ``rvm``: Robust Video Matting (MobileNetV3) run as a still — zero recurrent state, long side
-  scaled to `size` (512). A real matting model: soft hair, full bodies. GPL-3.0 (treat so).
+- ``rvm``: Robust Video Matting (MobileNetV3) run on a still as a short static video: the
+  photo is fed `passes` times (2) so the recurrent state settles, its encoder sees the photo
+  at long sides 384 and 640 (the two maps averaged), and its guided-filter refiner upsamples
+  to the photo's own size (up to `RVM_REFINE_SIDE`). A real matting model: soft hair, full
+  bodies. GPL-3.0 (treat so).
 - ``meet``: Google Meet segmentation, input stretched to 256×144. Apache-2.0.
 - ``mediapipe-selfie`` (alias ``selfie``): MediaPipe selfie segmentation, letterboxed 256×256.
   Apache-2.0.
@@ -20,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -71,7 +74,11 @@ SELFIE_WEIGHTS = WheelMember(
 )
 SELFIE_SIZE = 256
 MEET_SIZE = (256, 144)  # width, height: the model's fixed input
-RVM_SIZE = 512  # long side; see docs/segment.md for the measurement behind it
+# The rvm recipe; see docs/segment.md for the measurements behind each number.
+RVM_SIZES = (384, 640)  # long sides the encoder sees; the maps are averaged
+RVM_PASSES = 2  # frames of the static "video"; the first, from zero state, misses body parts
+RVM_REFINE_SIDE = 2048  # the refiner works at the photo's size up to this long side
+RVM_STATES = ("r1", "r2", "r3", "r4")
 PLUGIN_GROUP = "matteforge.backends"
 
 
@@ -149,25 +156,66 @@ class _Provenance:
 
 
 class RvmBackend(_Provenance):
-    """Robust Video Matting on one frame: recurrent state zero, downsample_ratio 1."""
+    """Robust Video Matting on a still, fed as a static video of `passes` frames, at each of
+    the encoder sizes `sizes`, the maps averaged.
+
+    Why the passes: RVM is trained on clips, and its first frame (zero recurrent state) is its
+    worst; repeating the photo lets the state settle, which recovers body parts the first
+    frame misses. Why the full-size input with ``downsample_ratio``: the model's own refiner
+    then upsamples the matte guided by the full-resolution photo, instead of a bilinear resize.
+    Why two sizes: the body parts RVM misses change with the size its encoder sees, so the
+    mean of two sizes keeps the misses of neither (docs/segment.md).
+    """
 
     def __init__(
-        self, net: TfjsGraphModule, sha: str, size: int = RVM_SIZE, device: str = "cpu"
+        self,
+        net: TfjsGraphModule,
+        sha: str,
+        sizes: int | Sequence[int] = RVM_SIZES,
+        device: str = "cpu",
+        passes: int = RVM_PASSES,
+        refine_side: int = RVM_REFINE_SIDE,
     ) -> None:
         super().__init__(RVM.model_id, sha, RVM.license, device)
+        if passes < 1:
+            raise ValueError(f"rvm passes must be >= 1, got {passes}")
         self.net = net.to(self.device)
-        self.size = size
+        self.sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+        if not self.sizes:
+            raise ValueError("rvm needs at least one size")
+        self.passes = passes
+        self.refine_side = refine_side
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         image = as_rgb(image)
-        h, w = long_side_size(*image.shape[:2], self.size)
-        x = _unit_float(resize(image, w, h)).to(self.device)
-        zero = torch.zeros((), device=self.device)
-        feeds = {"src": x, "downsample_ratio": torch.ones((), device=self.device)}
-        feeds.update({f"r{i}i": zero for i in range(1, 5)})
+        maps = [self._predict_at(image, size) for size in self.sizes]
+        mean = maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
+        return to_full_size(mean, *image.shape[:2])
+
+    def _predict_at(self, image: np.ndarray, size: int) -> np.ndarray:
+        x, ratio = self._input(image, size)
+        feeds: dict[str, torch.Tensor] = {"src": x, "downsample_ratio": ratio}
+        feeds.update({f"{r}i": torch.zeros((), device=self.device) for r in RVM_STATES})
         with torch.inference_mode():
+            for _ in range(self.passes - 1):  # only the recurrent outputs: no refiner work
+                out = self.net(feeds, [f"{r}o" for r in RVM_STATES])
+                feeds.update({f"{r}i": out[f"{r}o"] for r in RVM_STATES})
             pha = self.net(feeds, ["pha"])["pha"][0, :, :, 0].cpu().numpy()
         return to_full_size(pha, *image.shape[:2])
+
+    def _input(self, image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The photo at the refiner's size, and the ratio that brings it to `size`."""
+        long_side = max(image.shape[:2])
+        if long_side <= size:  # small photo: the encoder sees it enlarged, nothing to refine
+            h, w = long_side_size(*image.shape[:2], size)
+            ratio = 1.0
+        else:
+            h, w = long_side_size(*image.shape[:2], min(long_side, self.refine_side))
+            ratio = size / max(h, w)
+        if (h, w) != image.shape[:2]:
+            image = resize(image, w, h)
+        x = _unit_float(image).to(self.device)
+        return x, torch.tensor(ratio, dtype=torch.float32, device=self.device)
 
 
 class MeetBackend(_Provenance):
@@ -218,10 +266,16 @@ def _load_npm(
 
 
 def _rvm(
-    weights_path: str | None, cache_dir: str | None, device: str, size: int | None
+    weights_path: str | None,
+    cache_dir: str | None,
+    device: str,
+    size: int | Sequence[int] | None,
+    passes: int | None = None,
 ) -> RvmBackend:
     net, sha = _load_npm(RVM, weights_path, cache_dir)
-    return RvmBackend(net, sha, size or RVM_SIZE, device=device)
+    sizes = RVM_SIZES if size is None else size
+    passes = RVM_PASSES if passes is None else passes
+    return RvmBackend(net, sha, sizes, device=device, passes=passes)
 
 
 def _meet(
@@ -252,14 +306,20 @@ def load_backend(
     weights_path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
-    size: int | None = None,
+    size: int | Sequence[int] | None = None,
+    passes: int | None = None,
 ) -> MatteBackend:
     """Fetch (first use) or locate the weights and build the backend `name`.
 
     `name` is a built-in name, the name of a plugin (an entry point in the group
     ``matteforge.backends`` whose object is a loader with the built-ins' signature), or
-    user-model settings (`matteforge.config.UserModelConfig`).
+    user-model settings (`matteforge.config.UserModelConfig`). `size` is the input long side
+    where the model has one (rvm: one or more encoder sizes); `passes` is rvm's alone.
     """
+    if passes is not None and name != "rvm":
+        raise ValueError(f"passes applies to the rvm model only, not {name!r}")
+    if name == "rvm":
+        return _rvm(weights_path, cache_dir, device, size, passes)
     if not isinstance(name, str):
         from matteforge.models.user_models import UserModelBackend
 
