@@ -79,8 +79,10 @@ def first_changed_stage(old: BuildConfig, new: BuildConfig, model_changed: bool)
                              "(matteforge build --mode overwrite), not a reprocess")
     needs_probability = old.alpha != new.alpha and bool(old.alpha.prior_weight
                                                         or new.alpha.prior_weight)
-    if (model_changed or old.segment.model != new.segment.model
-            or old.segment.presence_threshold != new.segment.presence_threshold
+    # every segment setting but where the weights are read from (their sha is model_changed)
+    segment_changed = (old.segment.model_dump(exclude={"weights_path"})
+                       != new.segment.model_dump(exclude={"weights_path"}))
+    if (model_changed or segment_changed
             or old.trimap.threshold != new.trimap.threshold or needs_probability):
         return "segment"
     if old.trimap != new.trimap or old.alpha != new.alpha or old.quality != new.quality:

@@ -38,6 +38,17 @@ def test_first_changed_stage(changes, stage):
     assert first_changed_stage(old, new, model_changed=False) == stage
 
 
+@pytest.mark.parametrize("segment", [{"passes": 1}, {"size": 512}, {"size": [384, 512]},
+                                     {"presence_threshold": 0.6}])
+def test_a_changed_rvm_recipe_restarts_at_segment(segment):
+    old = load_config({})
+    new = load_config(merge_options(old.model_dump(mode="json"), {"segment": segment}))
+    assert first_changed_stage(old, new, model_changed=False) == "segment"
+    moved = load_config(merge_options(old.model_dump(mode="json"),
+                                      {"segment": {"weights_path": "/elsewhere/rvm.json"}}))
+    assert first_changed_stage(old, moved, model_changed=False) is None
+
+
 def test_new_weights_restart_at_segment_and_ingest_changes_are_refused():
     old, new = _changed(run={"shard_size": 3})
     assert first_changed_stage(old, new, model_changed=True) == "segment"
