@@ -185,11 +185,14 @@ def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
     """Committed shard files of one table by file name (temporary files are skipped).
 
     Read whole through :func:`read_bytes`, so a transient error is retried like any other read.
-    Single-threaded: with pyarrow 26.0.1, a threaded read from an in-memory buffer made about
-    half of all processes abort at exit ("terminate called without an active exception", exit
-    134), ``matteforge verify`` included; a shard is a few KB, so threads gain nothing.
+    Single-threaded, through `ParquetFile` rather than `read_table`: with pyarrow 26.0.1, a
+    threaded read from an in-memory buffer made about half of all processes abort at exit
+    ("terminate called without an active exception", exit 134), ``matteforge verify``
+    included, and `read_table(use_threads=False)` still did, rarely, under load (its dataset
+    scanner leaves work on arrow's pools, apache/arrow#33975). A shard is a few KB, so threads
+    gain nothing.
     """
-    return {name: pq.read_table(pa.BufferReader(read_bytes(loc, path)), use_threads=False)
+    return {name: pq.ParquetFile(pa.BufferReader(read_bytes(loc, path))).read(use_threads=False)
             for name, path in shard_files(loc, table).items()}
 
 
