@@ -152,16 +152,9 @@ def mask_fn(variant: str) -> Callable[[np.ndarray], np.ndarray]:
     spec, _, flip = variant.partition("+")
     name, _, sizes = spec.partition("@")
     sizes, _, passes = sizes.partition("x")
-    n_passes = int(passes) if passes else None
-    backends = [load_backend(name, size=int(s), passes=n_passes) for s in sizes.split(",")] \
-        if sizes else [load_backend(name)]
-    if len(backends) == 1:
-        backend = backends[0]
-    else:
-        class _MultiScale:
-            def predict(self, image: np.ndarray) -> np.ndarray:
-                return np.mean([b.predict(image) for b in backends], axis=0).astype(np.float32)
-        backend = _MultiScale()  # type: ignore[assignment]
+    backend = load_backend(  # rvm averages the maps of its sizes itself
+        name, size=tuple(int(s) for s in sizes.split(",")) if sizes else None,
+        passes=int(passes) if passes else None)
     if flip != "flip":
         return backend.predict
 
