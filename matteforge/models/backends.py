@@ -4,7 +4,7 @@ Every backend takes an RGB uint8 HxWx3 image and returns a float32 HxW map in [0
 image's full resolution, and says which weights produced it (model id, sha256, license) so a
 dataset can record them. Backends do no presence judgement; `matteforge.tasks.segment` does.
 
-Built in (all run as torch modules, no TensorFlow/tfjs/LiteRT at run time):
+Built in (rvm, meet and selfie run as torch modules, no TensorFlow/tfjs/LiteRT at run time):
 
 - ``rvm``: Robust Video Matting (MobileNetV3) run on a still as a short static video: the
   photo is fed `passes` times (2) so the recurrent state settles, its encoder sees the photo
@@ -14,6 +14,8 @@ Built in (all run as torch modules, no TensorFlow/tfjs/LiteRT at run time):
 - ``meet``: Google Meet segmentation, input stretched to 256×144. Apache-2.0.
 - ``mediapipe-selfie`` (alias ``selfie``): MediaPipe selfie segmentation, letterboxed 256×256.
   Apache-2.0.
+- ``modnet``: MODNet (photographic) as ONNX, run with onnxruntime, short side 512
+  (`matteforge.models.modnet`). Apache-2.0.
 
 Example::
 
@@ -292,12 +294,21 @@ def _selfie(
     return SelfieBackend(load_tflite(path), sha256_file(path), device=device)
 
 
+def _modnet(
+    weights_path: str | None, cache_dir: str | None, device: str, size: int | None
+) -> MatteBackend:
+    from matteforge.models.modnet import load_modnet  # imports onnxruntime only when used
+
+    return load_modnet(weights_path, cache_dir, device, size)
+
+
 Loader = Callable[[str | None, str | None, str, int | None], MatteBackend]
 BACKENDS: dict[str, Loader] = {
     "rvm": _rvm,
     "meet": _meet,
     "mediapipe-selfie": _selfie,
     "selfie": _selfie,
+    "modnet": _modnet,
 }
 
 
