@@ -1,14 +1,17 @@
-"""Quality figures on real portraits with their real mask and with deliberately broken masks.
+"""Quality figures on real portraits with their real masks and with deliberately broken masks.
 
-    python benchmarks/quality.py [--model rvm] [--breaks shifted other confetti bloated eroded]
+    python benchmarks/quality.py [--models rvm modnet] [--breaks shifted other confetti ...]
 
 Why: the acceptance rule's limits (``quality`` in the config, ``tasks/quality.py``) must accept
 every good sample and reject broken ones; this prints the figures both ways so the limits can be
 chosen from numbers, and prints what the default limits decide for each row.
 
 Portraits: the P3M figures in ../shared/data/p3m_figure_gt/image, plus ../shared/data/portraits.
-Each goes through the build's own stages (segment → trimap → KNN alpha → F and B) once with the
-model's probability map and once per break of it:
+Each goes through the build's own recipe (``tasks/recipe.make_sample``, default ``BuildConfig``
+but for the models) once with the models' maps and once per break. ``--models`` names one model
+or several (an ensemble, the default's); with several, each break is tried on the first model's
+map alone ("<break>/1": one model fails, the others do not) and on every map at once
+("<break>/all": all fail alike, so agreement cannot help).
 
 - shifted: the map moved right by 15 % of the width (a mask of the right shape, misplaced);
 - other: the map of a different portrait, resized (a mask that belongs to another image);
@@ -29,13 +32,9 @@ import numpy as np
 import torch
 
 from matteforge.config import BuildConfig
-from matteforge.tasks import trimap
-from matteforge.tasks.alpha import knn_alpha_with_info
-from matteforge.tasks.codec import to_uint8
-from matteforge.tasks.foreground import estimate_foreground_background
+from matteforge.models.backends import load_backend
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.quality import judge, quality_figures
-from matteforge.tasks.segment import load_segmenter
+from matteforge.tasks.recipe import make_sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAKS = ("shifted", "other", "confetti", "bloated", "eroded")
@@ -71,56 +70,66 @@ def broken(kind: str, prob: np.ndarray, other: np.ndarray, rng: np.random.Genera
     return op(prob.astype(np.float32), kernel)
 
 
-def figures(image: np.ndarray, prob: np.ndarray, cfg: BuildConfig) -> dict[str, float]:
-    """The build's trimap → alpha → F, B stages on one probability map, then every figure."""
-    h, w = prob.shape
-    half = trimap.band_width(h, w, fixed=cfg.trimap.width, fraction=cfg.trimap.width_fraction,
-                             minimum=cfg.trimap.min_width)
-    tri = trimap.make_trimap(prob, threshold=cfg.trimap.threshold,
-                             kernel_shape=cfg.trimap.kernel_shape, half_width=half)
-    alpha, info = knn_alpha_with_info(image, tri, prior=prob, prior_weight=cfg.alpha.prior_weight)
-    alpha8 = to_uint8(alpha)
-    fg, bg = estimate_foreground_background(image, alpha8)
-    row: dict[str, float] = dict(quality_figures(image, prob, tri, alpha8, fg, bg, half).as_row())
-    row.update(unknown_fraction=trimap.unknown_fraction(tri), alpha_iterations=info.iterations,
-               alpha_residual=info.residual)
-    return row
+def figures(image: np.ndarray, maps: dict[str, np.ndarray], cfg: BuildConfig
+            ) -> tuple[dict[str, float], tuple[str, str] | None]:
+    """The build's recipe on one portrait and its maps: the row's figures and the verdict."""
+    sample = make_sample(image, maps, cfg)
+    return sample.row, sample.verdict
 
 
-COLUMNS = ("unknown_fraction", "mask_alpha_disagreement", "composite_residual", "edge_support",
-           "fg_components", "alpha_iterations")
+COLUMNS = ("unknown_fraction", "mask_alpha_disagreement", "edge_support", "fg_components",
+           "model_disagreement", "alpha_iterations")
+
+
+def variants(maps: dict[str, np.ndarray], others: dict[str, np.ndarray], kinds: list[str],
+             rng: np.random.Generator) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The good maps, then each break of the first map alone and (ensembles) of all of them."""
+    out = [("model", maps)]
+    first = next(iter(maps))
+    for kind in kinds:
+        if len(maps) == 1:
+            out.append((kind, {first: broken(kind, maps[first], others[first], rng)}))
+            continue
+        out.append((f"{kind}/1", {**maps, first: broken(kind, maps[first], others[first], rng)}))
+        out.append((f"{kind}/all", {k: broken(kind, m, others[k], rng) for k, m in maps.items()}))
+    return out
+
+
+def _cell(value: float | int | None) -> str:
+    if value is None:
+        return f"{'-':>12s}"
+    return f"{value:12.4f}" if isinstance(value, float) else f"{value:12d}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="rvm")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="one model or an ensemble; default: the default config's")
     parser.add_argument("--breaks", nargs="*", default=list(BREAKS), choices=BREAKS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = BuildConfig()
+    names = args.models or cfg.segment.model_names()
     limits = cfg.quality.limits()
-    seg = load_segmenter(args.model)
+    backends = {str(n): load_backend(n) for n in names}
     people = portraits()
-    probs = [seg.predict(image).probability for _, image in people]
+    maps = [{n: b.predict(image) for n, b in backends.items()} for _, image in people]
     rng = np.random.default_rng(0)
-    header = f"{'image':24s} {'mask':9s} " + " ".join(f"{c[:12]:>12s}" for c in COLUMNS)
-    print(f"model {args.model}; limits {limits}")
+    header = f"{'image':24s} {'mask':12s} " + " ".join(f"{c[:12]:>12s}" for c in COLUMNS)
+    print(f"models {' + '.join(backends)}; recipe: BuildConfig() defaults; limits {limits}")
     print(header + "  verdict")
-    caught = {kind: 0 for kind in args.breaks}
+    caught: dict[str, int] = {}
     good_rejected = 0
-    for index, ((name, image), prob) in enumerate(zip(people, probs, strict=True)):
-        other = probs[(index + 1) % len(probs)]
-        for kind in ["model", *args.breaks]:
-            p = prob if kind == "model" else broken(kind, prob, other, rng)
-            row = figures(image, p, cfg)
-            verdict = judge(row, limits)
+    for index, ((name, image), good) in enumerate(zip(people, maps, strict=True)):
+        others = maps[(index + 1) % len(maps)]
+        for kind, chosen in variants(good, others, args.breaks, rng):
+            row, verdict = figures(image, chosen, cfg)
             if kind == "model":
                 good_rejected += verdict is not None
-            elif verdict is not None:
-                caught[kind] += 1
-            cells = " ".join(f"{row[c]:12.4f}" if isinstance(row[c], float) else f"{row[c]:12d}"
-                             for c in COLUMNS)
-            print(f"{name:24s} {kind:9s} {cells}  {verdict[0] if verdict else 'ok'}", flush=True)
+            else:
+                caught[kind] = caught.get(kind, 0) + (verdict is not None)
+            cells = " ".join(_cell(row.get(c)) for c in COLUMNS)
+            print(f"{name:24s} {kind:12s} {cells}  {verdict[0] if verdict else 'ok'}", flush=True)
     n = len(people)
     print(f"\ngood masks rejected: {good_rejected}/{n}")
     for kind, hits in caught.items():

@@ -86,7 +86,8 @@ def first_changed_stage(old: BuildConfig, new: BuildConfig, model_changed: bool)
             or old.trimap.threshold != new.trimap.threshold or needs_probability):
         return "segment"
     if old.trimap != new.trimap or old.alpha != new.alpha or old.quality != new.quality:
-        return "trimap"
+        # An ensemble's recipe reads every model's own map, and a dataset keeps only their mean.
+        return "segment" if isinstance(new.segment.model, list) else "trimap"
     if old.composite != new.composite or old.seed != new.seed:
         return "composite"
     return None

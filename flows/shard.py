@@ -8,7 +8,6 @@ any failure into a row, and writes the files and then the shard's manifest (the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import OrderedDict
@@ -23,7 +22,6 @@ from matteforge.config import BuildConfig
 from matteforge.flows.duplicates import duplicate_row
 from matteforge.tasks import composite as comp
 from matteforge.tasks import manifest, trimap
-from matteforge.tasks.alpha import knn_alpha_with_info
 from matteforge.tasks.codec import encode, to_uint8
 from matteforge.tasks.effects import (
     apply_background_effects,
@@ -31,9 +29,8 @@ from matteforge.tasks.effects import (
     sample_effects,
     specs_to_json,
 )
-from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
-from matteforge.tasks.quality import judge, quality_figures
+from matteforge.tasks.recipe import make_sample
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 from matteforge.tasks.unreadable import read_failure
@@ -212,7 +209,6 @@ def _run_stages(
     timer: _Timer,
 ) -> None:
     sid = row["sample_id"]
-    height, width = image.shape[:2]
     with timer("segment"):
         result = seg.predict(image)
     row["presence"] = result.presence
@@ -223,30 +219,10 @@ def _run_stages(
             f"{k}={v:.3f}" for k, v in sorted(result.evidence.items())
         )
         return
-    with timer("trimap"):
-        half = trimap.band_width(height, width, fixed=cfg.trimap.width,
-                                 fraction=cfg.trimap.width_fraction, minimum=cfg.trimap.min_width)
-        tri = trimap.make_trimap(result.probability, threshold=cfg.trimap.threshold,
-                                 kernel_shape=cfg.trimap.kernel_shape, half_width=half)
-        mask = trimap.binarize(result.probability, cfg.trimap.threshold)
-    row["trimap_half_width"] = half
-    row["unknown_fraction"] = trimap.unknown_fraction(tri)
-    with timer("alpha"):
-        a = cfg.alpha
-        alpha, info = knn_alpha_with_info(
-            image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
-            constraint_weight=math.inf if a.constraint_weight is None else a.constraint_weight,
-            prior=result.probability,
-            prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter,
-            search_eps=a.search_eps, device=a.device)
-        alpha8 = to_uint8(alpha)
-    row["alpha_iterations"], row["alpha_residual"] = info.iterations, info.residual
-    with timer("foreground"):
-        fg, bg_estimate = estimate_foreground_background(image, alpha8)
-    with timer("quality"):
-        figures = quality_figures(image, result.probability, tri, alpha8, fg, bg_estimate, half)
-    row.update(figures.as_row())
-    verdict = judge(row, cfg.quality.limits())
+    sample = make_sample(image, result.model_maps(), cfg, timer)
+    row.update(sample.row)
+    tri, alpha8, fg, verdict = sample.trimap, sample.alpha, sample.foreground, sample.verdict
+    mask = trimap.binarize(result.probability, cfg.trimap.threshold)
     with timer("write"):
         for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
                                     ("alpha_model", "alpha_model",

@@ -95,6 +95,30 @@ def cmd_alpha(args: argparse.Namespace) -> None:
           f"{info.seconds_graph + info.seconds_solve:.2f} s")
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    """One portrait through the build's own recipe (``tasks/recipe.py``): every file, figures."""
+    from matteforge.config import load_config
+    from matteforge.tasks.codec import to_uint8
+    from matteforge.tasks.recipe import make_sample
+    from matteforge.tasks.segment import is_person, segmenter_for
+
+    cfg = load_config(args.config)
+    image = _read_rgb(args.image)
+    result = segmenter_for(cfg.segment).predict(image)
+    if not is_person(result):
+        print(f"{args.image}: no person (presence {result.presence:.3f}); the build would "
+              "reject it as no_person")
+    sample = make_sample(image, result.model_maps(), cfg)
+    out = Path(args.out)
+    for name, array in (("alpha_model", to_uint8(sample.probability)), ("trimap", sample.trimap),
+                        ("alpha", sample.alpha), ("fg", sample.foreground)):
+        _write(str(out / f"{name}.png"), array)
+    figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in sample.row.items() if v not in (None, ""))
+    verdict = "ok" if sample.verdict is None else f"rejected: {sample.verdict[1]}"
+    print(f"{out}: {verdict}; {figures}")
+
+
 def cmd_foreground(args: argparse.Namespace) -> None:
     from matteforge.tasks.foreground import estimate_foreground
 
@@ -143,6 +167,17 @@ def _storage_flags(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+def _license_notice(cfg: Any) -> None:
+    """Say once, on stderr, when the recipe's masks come from GPL-3.0 weights (rvm)."""
+    from matteforge.models.backends import split_model_name
+
+    names = [split_model_name(n)[0] for n in cfg.segment.model_names() if isinstance(n, str)]
+    if "rvm" in names:
+        print("matteforge: this recipe uses rvm, whose weights are treated as GPL-3.0 "
+              "(recorded in dataset.json); --config permissive uses Apache-2.0/MIT weights only",
+              file=sys.stderr)
+
+
 def _check_build_config(args: argparse.Namespace) -> None:
     """Refuse a config the flow would refuse, before a Prefect server and workers start."""
     from pydantic import ValidationError
@@ -150,14 +185,16 @@ def _check_build_config(args: argparse.Namespace) -> None:
     from matteforge.config import check_locations, load_config
 
     try:
-        check_locations(load_config(args.config, input=args.input, output=args.output,
-                                    backgrounds=args.backgrounds))
+        cfg = load_config(args.config, input=args.input, output=args.output,
+                          backgrounds=args.backgrounds)
+        check_locations(cfg)
     except ValidationError as exc:
         raise CliError("config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CliError(first) from exc
+    _license_notice(cfg)
 
 
 def build_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,8 +221,10 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from matteforge.config import load_config
     from matteforge.demo import prepare_demo_data
 
+    _license_notice(load_config("demo"))
     portraits, backgrounds = prepare_demo_data(Path(args.data))
     summary = _run_build(config="demo", input=str(portraits), backgrounds=str(backgrounds),
                          output=args.output, n_workers=args.workers)
@@ -275,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="turn a folder or bucket of portraits into a dataset")
-    p.add_argument("--config", default="demo", help="YAML file or packaged name (demo, comp1k)")
+    p.add_argument("--config", default=None,
+                   help="YAML file or packaged name (permissive, comp1k, demo); default: the "
+                   "built-in recipe with the best measured quality: rvm + MODNet, KNN matting "
+                   "with a closed-form term, the acceptance rule (docs/quality.md)")
     p.add_argument("--input", help="folder or fsspec URI of portraits")
     p.add_argument("--backgrounds", help="folder or fsspec URI of backgrounds")
     p.add_argument("--output", help="dataset root (folder or fsspec URI)")
@@ -324,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--out", required=True, help="binary mask PNG (0/255)")
     p.add_argument("--prob", help="also write the probability map as 8-bit PNG")
-    p.add_argument("--model", default="rvm", help="rvm, meet or mediapipe-selfie")
+    p.add_argument("--model", default="rvm",
+                   help="rvm, modnet, meet or mediapipe-selfie (one model; `matteforge sample` "
+                   "runs the build's ensemble)")
     p.add_argument("--weights", help="own copy of the model weights")
     p.add_argument("--passes", type=int, help="rvm: times the photo is fed (default 2; 1 fastest)")
     p.add_argument("--threshold", type=float, default=0.5)
@@ -347,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="solve on a torch device ('cuda', 'auto'); default: CPU with AMG")
     p.set_defaults(func=cmd_alpha)
+
+    p = sub.add_parser("sample", help="one portrait through the build's recipe: model map, "
+                       "trimap, alpha, foreground, quality figures and verdict")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="folder for alpha_model/trimap/alpha/fg.png")
+    p.add_argument("--config", default=None, help="as for build; default: the built-in recipe")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("foreground", help="estimate the foreground colours from image + alpha")
     p.add_argument("image")

@@ -65,9 +65,18 @@ class UserModelConfig(_Section):
 EncoderSide = Annotated[int, Field(ge=64, le=2048)]
 
 
+# The default recipe's models (docs/quality.md): rvm (GPL-3.0) and MODNet (Apache-2.0) at a
+# 384 px short side, where its maps on the dev composites had 24 % less SAD than at its
+# reference 512 (12.9 vs 16.8 at ~1 MP, 1.64 vs 2.25 at native size).
+DEFAULT_MODELS = ("rvm", "modnet@384")
+
+
 class SegmentConfig(_Section):
-    model: str | UserModelConfig = Field(
-        "rvm", description="rvm (GPL-3.0), meet, mediapipe-selfie (Apache-2.0), or your model."
+    model: str | UserModelConfig | list[str | UserModelConfig] = Field(
+        default_factory=lambda: list(DEFAULT_MODELS),
+        description="rvm (GPL-3.0), modnet, meet, mediapipe-selfie (Apache-2.0), your model, "
+        "or a list of them: an ensemble (mean map, agreement checks; docs/quality.md). "
+        "name@size sets a model's input size (modnet@384: short side; rvm@384,640).",
     )
     weights_path: str | None = Field(None, description="Own copy of the weights (sha256-checked).")
     presence_threshold: float | None = Field(
@@ -81,9 +90,22 @@ class SegmentConfig(_Section):
         None, ge=1, le=16, description="rvm: times the photo is fed (1 = fastest); None = 2."
     )
 
+    def model_names(self) -> list[str | UserModelConfig]:
+        """The models behind the mask: one, or an ensemble's members in order."""
+        return list(self.model) if isinstance(self.model, list) else [self.model]
+
     @model_validator(mode="after")
     def _rvm_settings_need_rvm(self) -> SegmentConfig:
-        if self.model != "rvm" and (self.size is not None or self.passes is not None):
+        names = self.model_names()
+        if isinstance(self.model, list):
+            if len(names) < 2:
+                raise ValueError("segment.model as a list needs two or more models")
+            if len({repr(n) for n in names}) != len(names):
+                raise ValueError("segment.model lists a model twice")
+            if self.weights_path is not None:
+                raise ValueError("segment.weights_path names one model's weights; an ensemble "
+                                 "reads each model's from its MATTEFORGE_*_WEIGHTS variable")
+        if "rvm" not in names and (self.size is not None or self.passes is not None):
             raise ValueError(
                 f"segment.size and segment.passes apply to the rvm model only, not {self.model!r}"
             )
@@ -98,6 +120,9 @@ class TrimapConfig(_Section):
     )
     width_fraction: float = Field(0.01, gt=0.0, lt=0.5, description="Of the longer image side.")
     min_width: int = Field(3, ge=1)
+    sure_margin: float = Field(
+        0.05, ge=0.0, lt=0.5, description="Band pixels every model puts within this of 0 or 1 "
+        "are known (tasks/trimap.settle_confident); 0 = the whole band is unknown.")
 
 
 class AlphaConfig(_Section):
@@ -106,9 +131,15 @@ class AlphaConfig(_Section):
     constraint_weight: float | None = Field(
         None, gt=0.0, description="λ on known band pixels; None = eliminate them exactly (λ→∞)."
     )
-    # 1: on rvm masks it lowers SAD 5-9 % and Gradient 21-41 % (benchmarks/masks.py, P3M
-    # composites, docs/segment.md); on selfie masks it is mixed, so selfie configs set 0.
-    prior_weight: float = Field(1.0, ge=0.0, description="Pull towards the mask probability.")
+    # The default recipe (measured on the dev composites, docs/quality.md): the prior weighted
+    # per pixel by the models' confidence, plus the closed-form Laplacian at 100x KNN's weight.
+    # Together with trimap.sure_margin they took the final alpha's SAD in the unknown band from
+    # 0.94x to 0.80x the models' mean map at ~1 MP (0.92x to 0.70x at native size).
+    prior_weight: float = Field(0.3, ge=0.0, description="Pull towards the mask probability.")
+    prior_confidence: bool = Field(
+        True, description="Scale the pull per pixel by the models' confidence (2p - 1)^2.")
+    cf_weight: float = Field(
+        100.0, ge=0.0, description="Closed-form (Levin) Laplacian added to KNN's; 0 = KNN only.")
     tol: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(2000, ge=1)
     search_eps: float = Field(
@@ -154,8 +185,12 @@ class QualityConfig(_Section):
     docs/quality.md): no good mask is rejected.
     """
 
+    max_model_disagreement: float | None = Field(
+        0.35, ge=0.0, description="Ensembles: share of the person area where the models differ "
+        "by > 0.5. Good composites <= 0.31, one model broken 0.18-1.0 (docs/quality.md).")
     min_edge_support: float | None = Field(
-        1.6, ge=0.0, description="Good mattes 1.89-5.33, broken masks 0.95-1.47 (measured).")
+        1.35, ge=0.0, description="Good mattes 1.40-6.06 (busy backgrounds lowest), broken "
+        "masks 0.95-1.63 (docs/quality.md).")
     max_mask_alpha_disagreement: float | None = Field(
         0.08, ge=0.0, le=1.0, description="Good 0.004-0.021, confetti masks >= 0.12.")
     max_fg_components: int | None = Field(

@@ -37,6 +37,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator
 from scipy.spatial import cKDTree
 
+from matteforge.tasks.closed_form import DEFAULT_EPSILON, closed_form_system
+
 if TYPE_CHECKING:
     from pyamg.multilevel import MultilevelSolver
 
@@ -278,8 +280,9 @@ def eliminated_knn_system(
     is_unknown: np.ndarray,
     node_alpha: np.ndarray,
     prior: np.ndarray,
-    prior_weight: float = 0.0,
+    prior_weight: float | np.ndarray = 0.0,
     sources: np.ndarray | None = None,
+    extra: tuple[sp.csr_matrix, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """``(M, b, floating)`` of ``eliminated_system`` straight from the KNN lists.
 
@@ -294,7 +297,10 @@ def eliminated_knn_system(
     fancy indexing. Known sources (only when ``sources`` lists known nodes) add to their
     unknown ends by bincounts. ``floating`` marks the nodes in components without a known node
     (``floating_nodes``); they are left out of M and b. ``is_unknown``, ``node_alpha`` and
-    ``prior`` are per node.
+    ``prior`` are per node; ``prior_weight`` is one λ_p or one per node (read at unknown nodes).
+    ``extra`` is another eliminated term over the same unknowns in the same order, ``(M', b',
+    anchored')`` (the closed-form Laplacian, ``tasks/closed_form.py``), added before the
+    floating components are found.
     """
     is_unknown = np.asarray(is_unknown, dtype=bool)
     n = len(is_unknown)
@@ -327,7 +333,8 @@ def eliminated_knn_system(
     # Unknown neighbours have known_alpha 0, so the row sum is the row's −L_uk α_k.
     row_rhs = np.einsum("ij,ij->i", weights, known_alpha[indices], dtype=np.float64)
     row_degree = weights.sum(axis=1, dtype=np.float64)
-    if prior_weight > 0 or k == 0:
+    node_weight = np.broadcast_to(np.asarray(prior_weight, dtype=np.float64), (n,))[unknown]
+    if k == 0:
         anchored[:] = True
     else:
         # An unknown node with any edge to a known one is tied to the constraints.
@@ -359,9 +366,10 @@ def eliminated_knn_system(
     data[:, k] = 0.0
     del ends, inner, weights
     degree += np.bincount(columns.ravel(), data.ravel(), m)
-    if prior_weight > 0:
-        degree += prior_weight
-        rhs += prior_weight * np.asarray(prior, dtype=np.float64)[unknown]
+    if node_weight.any():
+        degree += node_weight
+        rhs += node_weight * np.asarray(prior, dtype=np.float64)[unknown]
+        anchored |= node_weight > 0
     np.negative(data, out=data)
     data[:, k] = 0.5 * degree
     indptr = np.arange(0, m * (k + 1) + 1, k + 1, dtype=np.int64)
@@ -369,6 +377,10 @@ def eliminated_knn_system(
     del data, columns
     matrix = (half + half.T).tocsr()
     del half
+    if extra is not None:
+        matrix = (matrix + extra[0]).tocsr()
+        rhs += extra[1]
+        anchored |= extra[2]
     floating = np.zeros(n, dtype=bool)
     if not anchored.all():
         # Components of M's graph (those of W_uu + W_uuᵀ); one is anchored if any member is.
@@ -406,7 +418,7 @@ def soft_constrained_system(
     node_alpha: np.ndarray,
     constraint_weight: float,
     prior: np.ndarray,
-    prior_weight: float = 0.0,
+    prior_weight: float | np.ndarray = 0.0,
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """``(M, b)`` of the paper's (L + λ·D_known + λ_p·D_unknown) α = λ·v + λ_p·prior.
 
@@ -736,6 +748,16 @@ def solve_system(
     return preconditioned_cg(matrix, rhs, x0, tol, max_iter, operator)
 
 
+def _prior_weights(prior_weight: float | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """λ_p per pixel: one weight everywhere, or an HxW map (e.g. from the model's confidence)."""
+    weights = np.asarray(prior_weight, dtype=np.float64)
+    if weights.ndim and weights.shape != shape:
+        raise ValueError(f"prior_weight map shape {weights.shape} does not match {shape}")
+    if np.any(weights < 0):
+        raise ValueError("prior_weight must be >= 0")
+    return np.broadcast_to(weights, shape)
+
+
 def _check_inputs(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be HxWx3, got shape {image.shape}")
@@ -779,14 +801,17 @@ def build_matting_system(
     spatial_weight: float = 1.0,
     constraint_weight: float = math.inf,
     prior: np.ndarray | None = None,
-    prior_weight: float = 0.0,
+    prior_weight: float | np.ndarray = 0.0,
     band_radius: int | None = None,
     search_eps: float = DEFAULT_SEARCH_EPS,
+    cf_weight: float = 0.0,
+    cf_epsilon: float = DEFAULT_EPSILON,
 ) -> MattingSystem:
     """The band graph and its constrained system for one image (arguments: ``knn_alpha``)."""
     image = np.asarray(image)
     trimap = np.asarray(trimap)
     prior_map = _check_inputs(image, trimap, prior)
+    weight_map = _prior_weights(prior_weight, trimap.shape)
     is_foreground, is_unknown = split_trimap(trimap)
     alpha = is_foreground.astype(np.float32)
     n_unknown = int(is_unknown.sum())
@@ -799,12 +824,14 @@ def build_matting_system(
 
     if n_unknown == 0:
         return settled()
-    if n_unknown == trimap.size and prior_weight <= 0:
+    if n_unknown == trimap.size and not weight_map.any() and cf_weight <= 0:
         # No constraint at all: every unknown region floats, so the answer is the prior itself.
         alpha[:] = prior_map
         return settled()
     if not math.isinf(constraint_weight) and constraint_weight <= 0:
         raise ValueError("constraint_weight must be positive (or math.inf)")
+    if cf_weight > 0 and not math.isinf(constraint_weight):
+        raise ValueError("cf_weight needs the eliminated system (constraint_weight = math.inf)")
 
     start = time.perf_counter()
     radius = default_band_radius(trimap.shape) if band_radius is None else band_radius
@@ -812,6 +839,7 @@ def build_matting_system(
     node_unknown = is_unknown.ravel()[nodes]
     node_alpha = is_foreground.ravel()[nodes].astype(np.float64)
     node_prior = prior_map.ravel()[nodes]
+    node_weight = weight_map.ravel()[nodes]
     features = knn_features(image, nodes, spatial_weight)
     if math.isinf(constraint_weight):
         # Only unknown pixels search: the edges a known pixel would add among known pixels
@@ -824,8 +852,14 @@ def build_matting_system(
         del features
         weights = knn_weights(distances)
         del distances
+        extra = None
+        if cf_weight > 0:
+            cf_matrix, cf_rhs, cf_anchored = closed_form_system(
+                image, is_unknown, is_foreground, cf_epsilon
+            )
+            extra = (cf_weight * cf_matrix, cf_weight * cf_rhs, cf_anchored)
         matrix, rhs, floating = eliminated_knn_system(
-            indices, weights, node_unknown, node_alpha, node_prior, prior_weight, sources
+            indices, weights, node_unknown, node_alpha, node_prior, node_weight, sources, extra
         )
         del indices, weights
         solved_unknown = node_unknown[~floating]
@@ -837,7 +871,7 @@ def build_matting_system(
         # With a prior term every node is anchored, so nothing floats.
         floating = (
             floating_nodes(affinity, ~node_unknown)
-            if prior_weight <= 0
+            if not node_weight[node_unknown].any()
             else np.zeros(len(nodes), dtype=bool)
         )
         solved = ~floating
@@ -849,7 +883,7 @@ def build_matting_system(
             node_alpha[solved],
             constraint_weight,
             node_prior[solved],
-            prior_weight,
+            node_weight[solved],
         )
         x0 = np.where(solved_unknown, node_prior[solved], node_alpha[solved])
         solution_rows = solved_unknown
@@ -894,13 +928,15 @@ def knn_alpha_with_info(
     spatial_weight: float = 1.0,
     constraint_weight: float = math.inf,
     prior: np.ndarray | None = None,
-    prior_weight: float = 0.0,
+    prior_weight: float | np.ndarray = 0.0,
     band_radius: int | None = None,
     tol: float = 1e-6,
     max_iter: int = 2000,
     preconditioner: str = "auto",
     search_eps: float = DEFAULT_SEARCH_EPS,
     device: str | None = None,
+    cf_weight: float = 0.0,
+    cf_epsilon: float = DEFAULT_EPSILON,
 ) -> tuple[np.ndarray, AlphaInfo]:
     """KNN-matting alpha for the unknown pixels of ``trimap``, with solve statistics.
 
@@ -934,6 +970,9 @@ def knn_alpha_with_info(
         device: where the linear system is solved (see ``solve_system``): None (default) with
             scipy and AMG on the CPU; "cuda" (or any torch device) with torch's batched Jacobi
             CG there; "auto" on a GPU when there is one. The graph is built on the CPU either way.
+        cf_weight: weight of the closed-form matting Laplacian added to the KNN one
+            (``tasks/closed_form.py``; 0 = KNN matting alone). Exact elimination only.
+        cf_epsilon: that Laplacian's window regulariser.
 
     Returns:
         ``(alpha, info)``: alpha is float32 HxW in [0, 1] with known pixels exactly 0 or 1.
@@ -948,6 +987,8 @@ def knn_alpha_with_info(
         prior_weight=prior_weight,
         band_radius=band_radius,
         search_eps=search_eps,
+        cf_weight=cf_weight,
+        cf_epsilon=cf_epsilon,
     )
     if system.matrix is None:
         return finish_alpha(system, np.zeros(0), 0, 0.0, 0.0)
@@ -1016,13 +1057,15 @@ def knn_alpha(
     spatial_weight: float = 1.0,
     constraint_weight: float = math.inf,
     prior: np.ndarray | None = None,
-    prior_weight: float = 0.0,
+    prior_weight: float | np.ndarray = 0.0,
     band_radius: int | None = None,
     tol: float = 1e-6,
     max_iter: int = 2000,
     preconditioner: str = "auto",
     search_eps: float = DEFAULT_SEARCH_EPS,
     device: str | None = None,
+    cf_weight: float = 0.0,
+    cf_epsilon: float = DEFAULT_EPSILON,
 ) -> np.ndarray:
     """KNN-matting alpha (float32 HxW in [0, 1]); see ``knn_alpha_with_info`` for arguments."""
     alpha, _ = knn_alpha_with_info(
@@ -1039,5 +1082,7 @@ def knn_alpha(
         preconditioner=preconditioner,
         search_eps=search_eps,
         device=device,
+        cf_weight=cf_weight,
+        cf_epsilon=cf_epsilon,
     )
     return alpha

@@ -15,6 +15,12 @@ rule (:func:`judge`) turns the worst into ``status="rejected"``, ``reason="low_q
   figure that catches a well-formed mask in the wrong place, which no other figure here sees.
 - ``fg_components``: connected regions of ``alpha ≥ 0.5`` larger than 0.1 % of the image.  One
   person is one or a few regions (an arm across the body); a broken mask is confetti.
+- ``model_disagreement`` (two or more models): pixels where the models' maps differ by more than
+  0.5, as a share of the person area (pixels any model puts at ≥ 0.5), with the bounding box of
+  the largest such region (``model_disagreement_box``, "x0,y0,x1,y1" as fractions of width and
+  height).
+  Good models disagree on a few hair strands; when one loses half the person to a busy
+  background, or finds a second "person" in it, they disagree on a large region.
 - plus figures other stages already record: ``unknown_fraction`` (trimap), ``presence``
   (segment), ``alpha_iterations`` / ``alpha_residual`` (solver).
 """
@@ -112,6 +118,27 @@ def quality_figures(
         edge_support=round(edge_support(image, alpha, 2 * band_half_width), 4),
         fg_components=fg_components(alpha),
     )
+
+
+def model_disagreement(maps: list[np.ndarray], gap: float = 0.5) -> tuple[float, str]:
+    """``(share, box)``: pixels where the maps differ by more than ``gap`` over the person area.
+
+    ``box`` is the bounding box of the largest connected disagreement region, "x0,y0,x1,y1" as
+    fractions of width and height ("" when none): where a reviewer should look.
+    """
+    stack = [_unit(m) for m in maps]
+    spread = np.max(stack, axis=0) - np.min(stack, axis=0)
+    region = (spread > gap).astype(np.uint8)
+    person = np.count_nonzero(np.max(stack, axis=0) >= 0.5)
+    count = np.count_nonzero(region)
+    if count == 0:
+        return 0.0, ""
+    share = count / max(person, 1)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:n, cv2.CC_STAT_AREA]))]
+    rows, cols = region.shape
+    box = f"{x / cols:.3f},{y / rows:.3f},{(x + w) / cols:.3f},{(y + h) / rows:.3f}"
+    return round(float(share), 6), box
 
 
 def judge(figures: Mapping[str, float | int | None], limits: Mapping[str, tuple[str, float]]

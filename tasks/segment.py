@@ -15,7 +15,8 @@ Example::
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cv2
@@ -81,9 +82,14 @@ PRESENCE_THRESHOLD: float = 0.5
 
 @dataclass(frozen=True)
 class SegmentResult:
-    probability: np.ndarray  # HxW float32 in [0,1], full input resolution
+    probability: np.ndarray  # HxW float32 in [0,1], full input resolution (models' mean)
     presence: float  # person-presence score in [0,1]
     evidence: dict[str, float]  # the figures behind `presence`
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # model id → its own map
+
+    def model_maps(self) -> dict[str, np.ndarray]:
+        """Each model's map; one entry (the probability) for a single model or a stored mask."""
+        return self.maps or {"model": self.probability}
 
 
 class Segmenter(Protocol):
@@ -173,28 +179,34 @@ def evidence_map(prob: np.ndarray) -> np.ndarray:
 
 
 class GatedSegmenter:
-    """A mask backend, gated by BlazeFace short-range and mask evidence.
+    """One mask backend or several (an ensemble), gated by BlazeFace and mask evidence.
 
-    `presence` is the backend whose mask the evidence is measured on: the mask backend itself
-    when the rules were calibrated on it, else the selfie model.
+    With several backends the result's probability is the mean of their maps, and each map is
+    kept (``SegmentResult.maps``) for the recipe's agreement checks. `presence` is the backend
+    whose mask the evidence is measured on when none of the mask backends is one the rules were
+    calibrated on (then the first calibrated one is used).
     """
 
     def __init__(
         self,
-        backend: MatteBackend,
+        backend: MatteBackend | Sequence[MatteBackend],
         face: TFLiteModule,
         face_sha256: str,
         presence: MatteBackend | None = None,
         device: str = "cpu",
+        gate_index: int = 0,
     ) -> None:
         self.device = torch.device(device)
-        self.backend = backend
+        self.backends = list(backend) if isinstance(backend, Sequence) else [backend]
+        self.backend = self.backends[0]
         self.presence_backend = presence
+        self.gate_index = gate_index
         self.face = face.to(self.device)
-        self.model_id = backend.model_id
-        self.weights_sha256 = backend.weights_sha256
-        self.license = backend.license
-        self.models = {backend.model_id: backend.weights_sha256}  # all weights behind a result
+        self.model_id = "+".join(b.model_id for b in self.backends)
+        self.weights_sha256 = "+".join(b.weights_sha256 for b in self.backends)
+        self.license = "; ".join(dict.fromkeys(b.license for b in self.backends))
+        # all weights behind a result
+        self.models = {b.model_id: b.weights_sha256 for b in self.backends}
         if presence is not None:
             self.models[presence.model_id] = presence.weights_sha256
         self.models[FACE_WEIGHTS.model_id] = face_sha256
@@ -208,19 +220,26 @@ class GatedSegmenter:
 
     def predict(self, image: np.ndarray) -> SegmentResult:
         image = as_rgb(image)
-        full = self.backend.predict(image)
-        gate = full if self.presence_backend is None else self.presence_backend.predict(image)
+        maps = {b.model_id: b.predict(image) for b in self.backends}
+        arrays = list(maps.values())
+        full = arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
+        gate = (arrays[self.gate_index] if self.presence_backend is None
+                else self.presence_backend.predict(image))
         small = evidence_map(gate)
         evidence = mask_evidence(small)
         crops = [image] + [
             square_crop(image, *win) for win in head_windows(small > 0.5, image.shape)
         ]
         evidence["face_score"] = max(self._face_score(c) for c in crops)
-        return SegmentResult(full, presence_from_evidence(evidence), evidence)
+        return SegmentResult(full, presence_from_evidence(evidence), evidence,
+                             maps if len(maps) > 1 else {})
+
+
+ModelName = str | UserModelConfig
 
 
 def load_segmenter(
-    name: str | UserModelConfig = DEFAULT_MODEL,
+    name: ModelName | tuple[ModelName, ...] = DEFAULT_MODEL,
     weights_path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
@@ -229,9 +248,10 @@ def load_segmenter(
 ) -> Segmenter:
     """Load once per process (each Dask worker pays the load once, not once per batch).
 
-    `name` is a built-in backend or your own model's settings (`segment.model` in the config).
-    `size` is the backend's input long side where it has one (rvm: one or more, default
-    384 and 640), `passes` rvm's number of frames (2); None = the default.
+    `name` is a built-in backend or your own model's settings (`segment.model` in the config),
+    or a tuple of them (an ensemble). `size` is the backend's input long side where it has one
+    (rvm: one or more, default 384 and 640), `passes` rvm's number of frames (2); None = the
+    default (in an ensemble both go to rvm alone).
     """
     return _load_cached(name, weights_path, cache_dir, device, size, passes)
 
@@ -239,25 +259,34 @@ def load_segmenter(
 def segmenter_for(cfg: SegmentConfig) -> Segmenter:
     """The segmenter a build's `segment` section asks for."""
     size = tuple(cfg.size) if isinstance(cfg.size, list) else cfg.size  # hashable for the cache
-    return load_segmenter(
-        cfg.model, weights_path=cfg.weights_path, size=size, passes=cfg.passes
-    )
+    model = tuple(cfg.model) if isinstance(cfg.model, list) else cfg.model
+    return load_segmenter(model, weights_path=cfg.weights_path, size=size, passes=cfg.passes)
 
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(
-    name: str | UserModelConfig,
+    name: ModelName | tuple[ModelName, ...],
     weights_path: str | None,
     cache_dir: str | None,
     device: str,
     size: int | tuple[int, ...] | None,
     passes: int | None,
 ) -> Segmenter:
-    backend = load_backend(name, weights_path, cache_dir, device, size, passes)
+    names = name if isinstance(name, tuple) else (name,)
+    if len(names) > 1 and weights_path is not None:
+        raise ValueError("segment.weights_path names one model's weights; an ensemble reads "
+                         "each model's from its environment variable (docs/segment.md)")
+    if len(names) > 1:  # size and passes are rvm's
+        backends = [load_backend(n, None, cache_dir, device, size if n == "rvm" else None,
+                                 passes if n == "rvm" else None) for n in names]
+    else:
+        backends = [load_backend(names[0], weights_path, cache_dir, device, size, passes)]
+    calibrated = [i for i, n in enumerate(names) if n in PRESENCE_CALIBRATED]
     presence = None
-    if name not in PRESENCE_CALIBRATED:
+    if not calibrated:
         presence = load_backend("mediapipe-selfie", None, cache_dir, device)
     face_path = resolve_weights(FACE_WEIGHTS, None, cache_dir)
     return GatedSegmenter(
-        backend, load_tflite(face_path), sha256_file(face_path), presence, device
+        backends, load_tflite(face_path), sha256_file(face_path), presence, device,
+        calibrated[0] if calibrated else 0,
     )

@@ -68,3 +68,26 @@ def make_trimap(
 
 def unknown_fraction(trimap: np.ndarray) -> float:
     return float(np.count_nonzero(trimap == UNKNOWN)) / max(1, trimap.size)
+
+
+def settle_confident(trimap: np.ndarray, maps: list[np.ndarray], margin: float) -> np.ndarray:
+    """Unknown pixels that every map calls with confidence become known.
+
+    A band pixel where all models are within ``margin`` of 1 is foreground, within ``margin`` of
+    0 background; what stays unknown is where a model is unsure or the models disagree. The
+    band's width still bounds how far the models' edge may be moved; this only keeps the solve
+    from second-guessing pixels no model doubts.
+    """
+    settled = trimap.copy()
+    unknown = settled == UNKNOWN
+    sure_fg = unknown.copy()
+    sure_bg = unknown.copy()
+    for m in maps:
+        p = np.asarray(m, dtype=np.float32)
+        if p.shape != trimap.shape:
+            raise ValueError(f"map shape {p.shape} does not match the trimap {trimap.shape}")
+        sure_fg &= p >= 1.0 - margin
+        sure_bg &= p <= margin
+    settled[sure_fg] = FOREGROUND
+    settled[sure_bg] = BACKGROUND
+    return settled

@@ -50,12 +50,12 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_rvm_recipe_settings_are_rvm_only_and_shape_the_hash():
     default = load_config({})
-    assert default.segment.model == "rvm" and default.segment.passes is None
+    assert default.segment.model == ["rvm", "modnet@384"] and default.segment.passes is None
     one_pass = load_config({"segment": {"passes": 1, "size": 384}})
     assert (one_pass.segment.passes, one_pass.segment.size) == (1, 384)
     assert default.config_hash() != one_pass.config_hash()
     with pytest.raises(ValidationError, match="rvm model only"):
-        load_config("demo", **{"segment.passes": 2})
+        load_config("demo", **{"segment.passes": 2, "segment.model": "modnet"})
     with pytest.raises(ValidationError):
         load_config({"segment": {"passes": 0}})
     with pytest.raises(ValidationError):

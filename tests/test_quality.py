@@ -9,10 +9,6 @@ import numpy as np
 import pytest
 
 from matteforge.config import BuildConfig, QualityConfig, load_config
-from matteforge.tasks import trimap
-from matteforge.tasks.alpha import knn_alpha_with_info
-from matteforge.tasks.codec import to_uint8
-from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.ingest import decode_image
 from matteforge.tasks.quality import (
     composite_residual,
@@ -20,8 +16,9 @@ from matteforge.tasks.quality import (
     fg_components,
     judge,
     mask_alpha_disagreement,
-    quality_figures,
+    model_disagreement,
 )
+from matteforge.tasks.recipe import make_sample
 from tests.conftest import shared_data
 
 
@@ -82,7 +79,8 @@ def test_judge_names_the_first_failing_figure_and_skips_missing_ones():
 
 def test_limits_come_from_the_config_and_none_switches_one_off():
     limits = QualityConfig().limits()
-    assert limits["edge_support"] == ("min", 1.6)
+    assert next(iter(limits)) == "model_disagreement"  # the reason a gross model failure gets
+    assert limits["edge_support"] == ("min", 1.35)
     assert limits["fg_components"] == ("max", 8)
     assert "composite_residual" not in limits  # off by default: it did not separate (measured)
     cfg = load_config({"quality": {"min_edge_support": None}})
@@ -98,34 +96,32 @@ def _photo(name: str) -> np.ndarray:
     return decoded.image
 
 
-def _figures(image: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    cfg = BuildConfig()
-    h, w = prob.shape
-    half = trimap.band_width(h, w, fraction=cfg.trimap.width_fraction)
-    tri = trimap.make_trimap(prob, half_width=half)
-    alpha, info = knn_alpha_with_info(image, tri, prior=prob, prior_weight=1.0)
-    alpha8 = to_uint8(alpha)
-    fg, bg = estimate_foreground_background(image, alpha8)
-    row = dict(quality_figures(image, prob, tri, alpha8, fg, bg, half).as_row())
-    row.update(unknown_fraction=trimap.unknown_fraction(tri), alpha_residual=info.residual)
-    return row
+def _figures(image: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, float]:
+    """The build's own recipe on one portrait: its row, with the verdict under "verdict"."""
+    sample = make_sample(image, maps, BuildConfig())
+    return {**sample.row, "verdict": sample.verdict}
 
 
 @pytest.fixture(scope="module")
-def rvm_masks(one_torch_thread) -> list[tuple[np.ndarray, np.ndarray]]:
-    from matteforge.tasks.segment import load_segmenter
+def model_maps(one_torch_thread) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Two real portraits with the default ensemble's real maps (rvm, MODNet)."""
+    from matteforge.tasks.segment import segmenter_for
 
-    seg = load_segmenter("rvm")
+    seg = segmenter_for(BuildConfig().segment)
     images = [_photo("p3m_fig_c1.png"), _photo("p3m_fig_b2.png")]
-    return [(image, seg.predict(image).probability) for image in images]
+    return [(image, seg.predict(image).model_maps()) for image in images]
 
 
-def test_good_masks_on_real_portraits_are_accepted(rvm_masks):
-    limits = QualityConfig().limits()
-    for image, prob in rvm_masks:
-        row = _figures(image, prob)
-        assert judge(row, limits) is None, row
+def test_good_masks_on_real_portraits_are_accepted(model_maps):
+    for image, maps in model_maps:
+        assert len(maps) == 2
+        row = _figures(image, maps)
+        assert row["verdict"] is None, row
         assert row["edge_support"] > 1.8 and row["fg_components"] <= 2
+        assert row["model_disagreement"] < 0.1
+        # each model alone is accepted too
+        for name, prob in maps.items():
+            assert _figures(image, {name: prob})["verdict"] is None, name
 
 
 def _shift(prob: np.ndarray) -> np.ndarray:
@@ -140,16 +136,50 @@ def _bloat(prob: np.ndarray) -> np.ndarray:
     return cv2.dilate(prob, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
 
 
-def _confetti(prob: np.ndarray) -> np.ndarray:
+def _confetti(prob: np.ndarray, seed: int = 0) -> np.ndarray:
     h, w = prob.shape
-    cells = np.random.default_rng(0).random((h // 12 + 1, w // 12 + 1)) < 0.5
+    cells = np.random.default_rng(seed).random((h // 12 + 1, w // 12 + 1)) < 0.5
     return prob * np.kron(cells, np.ones((12, 12)))[:h, :w].astype(np.float32)
 
 
+def _half_lost(prob: np.ndarray) -> np.ndarray:
+    """The person's lower half gone: what a model does when a busy background swallows it."""
+    out = prob.copy()
+    out[prob.shape[0] // 2:] = 0.0
+    return out
+
+
 @pytest.mark.parametrize("breaker", [_shift, _bloat, _confetti])
-def test_deliberately_broken_masks_are_rejected(rvm_masks, breaker):
-    limits = QualityConfig().limits()
-    for image, prob in rvm_masks:
-        row = _figures(image, breaker(prob))
-        verdict = judge(row, limits)
-        assert verdict is not None and verdict[0].startswith("low_quality:"), row
+def test_deliberately_broken_masks_are_rejected(model_maps, breaker):
+    for image, maps in model_maps:
+        # every model fails (a model that falls apart does so in its own pattern)
+        broken_all = {name: breaker(prob, seed) if breaker is _confetti else breaker(prob)
+                      for seed, (name, prob) in enumerate(maps.items())}
+        row = _figures(image, broken_all)
+        assert row["verdict"] is not None and row["verdict"][0].startswith("low_quality:"), row
+
+
+def test_a_gross_failure_of_one_model_is_rejected_for_disagreement(model_maps):
+    for image, maps in model_maps:
+        first, second = maps
+        gross = {first: maps[first], second: _half_lost(maps[second])}
+        row = _figures(image, gross)
+        assert row["verdict"] is not None, row
+        assert row["verdict"][0] == "low_quality:model_disagreement"
+        assert row["model_disagreement"] > 0.35
+        x0, y0, x1, y1 = map(float, row["model_disagreement_box"].split(","))
+        assert y0 >= 0.45 and y1 > y0 and x1 > x0  # the lost lower half is where they differ
+
+
+def test_model_disagreement_is_the_share_of_the_person_where_maps_differ():
+    a = np.zeros((10, 10), np.float32)
+    a[:, :6] = 1.0  # person: 60 px
+    b = a.copy()
+    b[:, 3:6] = 0.0  # 30 px lost
+    share, box = model_disagreement([a, b])
+    assert share == pytest.approx(30 / 60)
+    assert box == "0.300,0.000,0.600,1.000"
+    assert model_disagreement([a, a]) == (0.0, "")
+    c = a.copy()
+    c[:, 3:6] = 0.6  # differs by 0.4: not a disagreement
+    assert model_disagreement([a, c])[0] == 0.0

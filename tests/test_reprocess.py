@@ -16,7 +16,7 @@ from matteforge.flows.reprocess import ReprocessError, first_changed_stage
 
 
 def _changed(**changes: object) -> tuple:
-    old = load_config("demo")
+    old = load_config("demo", **{"segment.model": "mediapipe-selfie", "alpha.prior_weight": 0})
     return old, load_config(merge_options(old.model_dump(mode="json"), changes))
 
 
@@ -38,10 +38,19 @@ def test_first_changed_stage(changes, stage):
     assert first_changed_stage(old, new, model_changed=False) == stage
 
 
+def test_an_ensemble_restarts_at_segment_for_any_recipe_change():
+    old = load_config({})  # the default recipe: two models, their maps are not stored
+    for change in ({"trimap": {"width_fraction": 0.03}}, {"quality": {"min_edge_support": 1}}):
+        new = load_config(merge_options(old.model_dump(mode="json"), change))
+        assert first_changed_stage(old, new, model_changed=False) == "segment"
+    new = load_config(merge_options(old.model_dump(mode="json"), {"seed": 3}))
+    assert first_changed_stage(old, new, model_changed=False) == "composite"
+
+
 @pytest.mark.parametrize("segment", [{"passes": 1}, {"size": 512}, {"size": [384, 512]},
                                      {"presence_threshold": 0.6}])
 def test_a_changed_rvm_recipe_restarts_at_segment(segment):
-    old = load_config({})
+    old = load_config({"segment": {"model": "rvm"}})
     new = load_config(merge_options(old.model_dump(mode="json"), {"segment": segment}))
     assert first_changed_stage(old, new, model_changed=False) == "segment"
     moved = load_config(merge_options(old.model_dump(mode="json"),

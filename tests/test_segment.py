@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from matteforge.config import SegmentConfig, load_config
+from matteforge.config import DEFAULT_MODELS, SegmentConfig, load_config
 from matteforge.tasks.segment import (
     DEFAULT_MODEL,
     FACE_WEIGHTS,
@@ -138,13 +138,30 @@ def test_loader_is_cached_and_reports_provenance(name: str) -> None:
     assert segmenter.license.startswith("GPL-3.0" if name == "rvm" else "Apache-2.0")
 
 
-def test_default_model_is_rvm_in_code_cli_and_config() -> None:
+def test_default_model_is_rvm_alone_and_the_default_recipe_adds_modnet() -> None:
     from matteforge.cli import build_parser
 
-    assert DEFAULT_MODEL == SegmentConfig().model == "rvm"
+    assert DEFAULT_MODEL == "rvm"  # one model: `matteforge mask`, load_segmenter()
     args = build_parser().parse_args(["mask", "x.png", "--out", "m.png"])
     assert args.model == DEFAULT_MODEL
     assert load_segmenter().model_id.startswith("rvm-mobilenetv3")
+    assert SegmentConfig().model == list(DEFAULT_MODELS) == ["rvm", "modnet@384"]
+    assert build_parser().parse_args(["build"]).config is None  # no --config: BuildConfig()
+
+
+def test_an_ensemble_keeps_each_models_map_and_gates_on_rvm(one_torch_thread) -> None:
+    seg = segmenter_for(SegmentConfig())
+    assert seg.model_id.startswith("rvm-mobilenetv3") and "+modnet-photographic" in seg.model_id
+    assert "GPL-3.0" in seg.license and "Apache-2.0" in seg.license
+    assert len(seg.weights_sha256.split("+")) == 2
+    result = seg.predict(data.astronaut())
+    assert len(result.maps) == 2
+    maps = list(result.maps.values())
+    np.testing.assert_allclose(result.probability, (maps[0] + maps[1]) / 2, atol=1e-6)
+    assert result.presence >= 0.5
+    assert result.model_maps() is result.maps
+    with pytest.raises(ValueError, match="weights_path"):
+        load_segmenter(("rvm", "modnet"), weights_path="/x/rvm.json")
 
 
 def test_build_config_sets_the_rvm_recipe() -> None:
@@ -154,7 +171,7 @@ def test_build_config_sets_the_rvm_recipe() -> None:
     assert seg is segmenter_for(cfg.segment), "cached per process"
     two = segmenter_for(load_config({"segment": {"size": [384, 512]}}).segment)
     assert two.backend.sizes == (384, 512)
-    assert segmenter_for(load_config({}).segment) is load_segmenter()
+    assert segmenter_for(load_config({}).segment) is load_segmenter(DEFAULT_MODELS)
 
 
 def test_selfie_is_the_same_segmenter_as_mediapipe_selfie() -> None:
@@ -163,10 +180,12 @@ def test_selfie_is_the_same_segmenter_as_mediapipe_selfie() -> None:
 
 def test_permissive_config_uses_only_apache_weights() -> None:
     cfg = load_config("permissive")
-    seg = load_segmenter(cfg.segment.model, weights_path=cfg.segment.weights_path)
-    assert seg.license.startswith("Apache-2.0")
+    seg = segmenter_for(cfg.segment)
+    assert seg.model_id.startswith("modnet") and seg.license.startswith("Apache-2.0")
     assert FACE_WEIGHTS.license.startswith("Apache-2.0")
-    assert set(seg.models) == {seg.model_id, FACE_WEIGHTS.model_id}
+    selfie = load_segmenter("mediapipe-selfie")  # presence is judged on the selfie mask
+    assert selfie.license.startswith("Apache-2.0")
+    assert set(seg.models) == {seg.model_id, selfie.model_id, FACE_WEIGHTS.model_id}
 
 
 def test_unknown_segmenter_name_lists_known_ones() -> None:

@@ -312,6 +312,23 @@ BACKENDS: dict[str, Loader] = {
 }
 
 
+def split_model_name(name: str) -> tuple[str, tuple[int, ...] | None]:
+    """``"modnet@384"`` → ``("modnet", (384,))``; ``"rvm@384,640"`` → both sizes; no ``@``: None.
+
+    The size a model's input is scaled to is part of its recipe, so an ensemble can give each
+    member its own (``segment.model: [rvm, modnet@384]``).
+    """
+    base, at, sizes = name.partition("@")
+    if not at:
+        return name, None
+    try:
+        parsed = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise ValueError(f"model {name!r}: the size after '@' must be whole numbers, "
+                         f"e.g. modnet@384 or rvm@384,640") from None
+    return base, parsed
+
+
 def load_backend(
     name: str | Any,
     weights_path: str | None = None,
@@ -327,6 +344,11 @@ def load_backend(
     user-model settings (`matteforge.config.UserModelConfig`). `size` is the input long side
     where the model has one (rvm: one or more encoder sizes); `passes` is rvm's alone.
     """
+    if isinstance(name, str) and "@" in name:
+        name, named_size = split_model_name(name)
+        if size is not None:
+            raise ValueError(f"{name!r}: give its size once (in the name or as size)")
+        size = named_size if name == "rvm" or named_size is None else named_size[0]
     if passes is not None and name != "rvm":
         raise ValueError(f"passes applies to the rvm model only, not {name!r}")
     if name == "rvm":
