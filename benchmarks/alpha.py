@@ -1,13 +1,16 @@
 """Band-only KNN alpha against pymatting's whole-image KNN and closed-form mattes.
 
     python benchmarks/alpha.py [--sizes 0.25 1 2 4 12] [--images 2] [--skip-reference-above 4]
-                               [--per-image]
+                               [--trimaps fractional gt model] [--per-image]
 
 Inputs: the P3M portraits with ground-truth alpha in ../shared/data/p3m_figure_gt (~0.1 MP),
-upscaled with cv2.INTER_CUBIC (image and GT alike) to each requested size in megapixels. The
-trimap is the GT's fractional pixels (0 < α < 255) grown by 1 % of the image diagonal, the rest
-split at α = 127. Every method runs in this process on the same image and trimap, one after the
-other; pymatting's numba functions are compiled on a small image before anything is timed.
+upscaled with cv2.INTER_CUBIC (image and GT alike) to each requested size in megapixels. Three
+trimaps per image, one table each: "fractional" (the GT's fractional pixels, 0 < α < 255, grown
+by 1 % of the image diagonal, the rest split at α = 127), "gt" (the build's band, erode/dilate,
+around GT > 0.5) and "model" (the build's own trimap from the default recipe's model maps). Every
+method runs in this process on the same image and trimap, one after the other; pymatting's numba
+functions are compiled on a small image before anything is timed. "matteforge knn+cf" adds the
+recipe's closed-form term (``alpha.cf_weight``) to the same KNN solve; neither uses a prior here.
 
 Per size it prints, averaged over the images: wall seconds per image, peak memory (the largest
 growth of the process's resident set during one call, read from VmHWM after resetting it through
@@ -41,8 +44,13 @@ import cv2
 import numpy as np
 import torch
 
+from matteforge.config import BuildConfig
 from matteforge.metrics import sad, unknown_region
 from matteforge.tasks.alpha import AlphaInfo, knn_alpha_with_info
+from matteforge.tasks.recipe import ensemble_map
+from matteforge.tasks.recipe import make_trimap as recipe_trimap
+from matteforge.tasks.segment import segmenter_for
+from matteforge.tasks.trimap import band_width, make_trimap
 
 P3M = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3m_figure_gt"
 
@@ -113,6 +121,26 @@ def trimap_from_alpha(alpha: np.ndarray) -> np.ndarray:
     return trimap
 
 
+TRIMAPS = ("fractional", "gt", "model")
+
+
+def make_trimaps(kinds: list[str], image: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """The requested trimaps of one image: ``fractional`` (the GT's fractional pixels grown),
+    ``gt`` (the build's band, erode/dilate, around GT > 0.5) and ``model`` (the build's own
+    trimap from the default recipe's model maps, ``tasks/recipe.make_trimap``)."""
+    out = {}
+    if "fractional" in kinds:
+        out["fractional"] = trimap_from_alpha(gt)
+    if "gt" in kinds:
+        half = band_width(*gt.shape, fraction=BuildConfig().trimap.width_fraction)
+        out["gt"] = make_trimap(gt.astype(np.float32) / 255.0, half_width=half)
+    if "model" in kinds:
+        cfg = BuildConfig()
+        maps = segmenter_for(cfg.segment).predict(image).model_maps()
+        out["model"] = recipe_trimap(image.shape, maps, ensemble_map(maps), cfg)[0]
+    return out
+
+
 def child_peak_mib(megapixels: float, index: int) -> float | None:
     """VmHWM (MiB) of a fresh process that loads portrait ``index`` and runs ours once."""
     done = subprocess.run(
@@ -143,6 +171,10 @@ def methods(infos: list[AlphaInfo]) -> dict[str, Callable[[np.ndarray, np.ndarra
         infos.append(info)
         return alpha
 
+    def ours_with_cf(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        alpha, _ = knn_alpha_with_info(image, trimap, cf_weight=BuildConfig().alpha.cf_weight)
+        return alpha
+
     def ours_on_gpu(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         alpha, _ = knn_alpha_with_info(image, trimap, device="cuda")
         return alpha
@@ -150,6 +182,7 @@ def methods(infos: list[AlphaInfo]) -> dict[str, Callable[[np.ndarray, np.ndarra
     gpu = {"matteforge knn (cuda)": ours_on_gpu} if torch.cuda.is_available() else {}
     return {
         "matteforge knn (band)": ours,
+        "matteforge knn+cf": ours_with_cf,
         **gpu,
         "pymatting knn": lambda image, trimap: pymatting.estimate_alpha_knn(
             image / 255.0, trimap / 255.0
@@ -191,6 +224,8 @@ def main() -> None:
         help="run only ours above this many megapixels",
     )
     parser.add_argument("--per-image", action="store_true", help="also print every image")
+    parser.add_argument("--trimaps", nargs="+", choices=TRIMAPS, default=list(TRIMAPS),
+                        help="which trimaps (see make_trimaps); the memory child uses fractional")
     parser.add_argument("--child", type=float, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -203,66 +238,70 @@ def main() -> None:
     warm_up(runs)
     print(
         f"{len(portraits)} P3M portraits (~0.1 MP) upscaled with cv2.INTER_CUBIC to each size; "
-        "trimap = fractional GT grown by 1 % of the diagonal; SAD over the unknown region; "
+        f"trimaps: {', '.join(args.trimaps)} (make_trimaps); SAD over the unknown region; "
         "peak = max RSS growth during one call (VmHWM after clear_refs), worst image"
     )
+    torch.set_num_threads(1)
     for megapixels in args.sizes:
         with_reference = megapixels <= args.skip_reference_above
         active = (
             runs if with_reference else {"matteforge knn (band)": runs["matteforge knn (band)"]}
         )
-        rows: dict[str, list[tuple[float, float | None, float]]] = {name: [] for name in active}
-        infos.clear()
-        shares = []
-        child_peaks = []
-        for index, (stem, image0, alpha0) in enumerate(portraits):
-            image = resize_to(image0, megapixels)
-            gt = resize_to(alpha0, megapixels)
-            trimap = trimap_from_alpha(gt)
-            region = unknown_region(trimap)
-            for name, run in active.items():
-                alpha, seconds, peak = measure(run, image, trimap)
-                error = sad(np.clip(alpha, 0, 1), gt, region)
-                rows[name].append((seconds, peak, error))
-                if args.per_image:
-                    print(
-                        f"  {stem} {image.shape[1]}x{image.shape[0]} {name:22s} "
-                        f"{seconds:7.2f} s {_fmt(peak, '7.0f')} MiB SAD {error:7.2f}"
-                    )
-                del alpha
-            shares.append(region.mean())
-            del image, gt, trimap, region
-            if not with_reference:
-                child_peaks.append(child_peak_mib(megapixels, index))
-        reference = (
-            float(np.mean([r[0] for r in rows["pymatting knn"]])) if with_reference else None
-        )
-        unknown_share = float(np.mean(shares))
-        iterations = np.mean([i.iterations for i in infos])
-        graph_s = np.mean([i.seconds_graph for i in infos])
-        solve_s = np.mean([i.seconds_solve for i in infos])
-        nodes = np.mean([i.n_graph for i in infos])
-        print(
-            f"\n{megapixels:g} MP (unknown {100 * unknown_share:.1f} % of pixels; ours: "
-            f"{nodes / 1e3:.0f}k graph nodes, {iterations:.0f} CG iterations, "
-            f"graph {graph_s:.2f} s + solve {solve_s:.2f} s)"
-        )
-        print(f"  {'method':22s} {'s/image':>8s} {'peak MiB':>9s} {'SAD':>7s} {'speed-up':>9s}")
-        for name, values in rows.items():
-            seconds = float(np.mean([v[0] for v in values]))
-            peaks = [v[1] for v in values if v[1] is not None]
-            peak = max(peaks) if peaks else None
-            error = float(np.mean([v[2] for v in values]))
-            ratio = "" if reference is None else f"{reference / seconds:8.1f}x"
-            print(f"  {name:22s} {seconds:8.2f} {_fmt(peak, '9.0f'):>9s} {error:7.2f} {ratio:>9s}")
-        known = [p for p in child_peaks if p is not None]
-        if known:
-            print(
-                f"  process peak (VmHWM of a fresh process running ours, worst image): "
-                f"{max(known):.0f} MiB"
-            )
+        sized = [(stem, resize_to(image0, megapixels), resize_to(alpha0, megapixels))
+                 for stem, image0, alpha0 in portraits]
+        trimaps = [make_trimaps(args.trimaps, image, gt) for _, image, gt in sized]
+        for kind in args.trimaps:
+            report(megapixels, kind, active, sized, [t[kind] for t in trimaps], infos, args,
+                   with_reference)
         if not with_reference:
+            peaks = [p for p in (child_peak_mib(megapixels, i) for i in range(len(portraits)))
+                     if p is not None]
+            if peaks:
+                print(f"  process peak (VmHWM of a fresh process running ours on the "
+                      f"fractional trimap, worst image): {max(peaks):.0f} MiB")
             print(f"  (references skipped above {args.skip_reference_above:g} MP)")
+
+
+def report(megapixels: float, kind: str,
+           active: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+           sized: list[tuple[str, np.ndarray, np.ndarray]], trimaps: list[np.ndarray],
+           infos: list[AlphaInfo], args: argparse.Namespace, with_reference: bool) -> None:
+    """Every method on every image with one kind of trimap: the table for that trimap."""
+    rows: dict[str, list[tuple[float, float | None, float]]] = {name: [] for name in active}
+    infos.clear()
+    shares = []
+    for (stem, image, gt), trimap in zip(sized, trimaps, strict=True):
+        region = unknown_region(trimap)
+        for name, run in active.items():
+            alpha, seconds, peak = measure(run, image, trimap)
+            error = sad(np.clip(alpha, 0, 1), gt, region)
+            rows[name].append((seconds, peak, error))
+            if args.per_image:
+                print(f"  {stem} {image.shape[1]}x{image.shape[0]} {name:22s} "
+                      f"{seconds:7.2f} s {_fmt(peak, '7.0f')} MiB SAD {error:7.2f}")
+            del alpha
+        shares.append(region.mean())
+    reference = float(np.mean([r[0] for r in rows["pymatting knn"]])) if with_reference else None
+    ref_sad = float(np.mean([r[2] for r in rows["pymatting knn"]])) if with_reference else None
+    ours = infos
+    print(
+        f"\n{megapixels:g} MP, {kind} trimap (unknown {100 * float(np.mean(shares)):.1f} % of "
+        f"pixels; ours: {np.mean([i.n_graph for i in ours]) / 1e3:.0f}k graph nodes, "
+        f"{np.mean([i.iterations for i in ours]):.0f} CG iterations, graph "
+        f"{np.mean([i.seconds_graph for i in ours]):.2f} s + solve "
+        f"{np.mean([i.seconds_solve for i in ours]):.2f} s)"
+    )
+    print(f"  {'method':22s} {'s/image':>8s} {'peak MiB':>9s} {'SAD':>7s} {'speed-up':>9s} "
+          f"{'SAD/pymatting knn':>18s}")
+    for name, values in rows.items():
+        seconds = float(np.mean([v[0] for v in values]))
+        peaks = [v[1] for v in values if v[1] is not None]
+        peak = max(peaks) if peaks else None
+        error = float(np.mean([v[2] for v in values]))
+        ratio = "" if reference is None else f"{reference / seconds:8.1f}x"
+        vs = "" if ref_sad is None else f"{error / ref_sad:17.3f}x"
+        print(f"  {name:22s} {seconds:8.2f} {_fmt(peak, '9.0f'):>9s} {error:7.2f} {ratio:>9s} "
+              f"{vs:>18s}")
 
 
 if __name__ == "__main__":

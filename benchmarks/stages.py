@@ -3,8 +3,10 @@
     python benchmarks/stages.py [--sizes 0.25 1 2] [--repeat 1]
 
 Inputs: the astronaut from scikit-image and, when present, ../shared/data/portraits; each is
-resized (bicubic) to the requested megapixels, which the output says.  Prints a table of seconds
-and seconds per megapixel for ingest (PNG decode), segment, trimap, alpha, foreground, composite.
+resized (bicubic) to the requested megapixels, which the output says.  Each runs the default
+recipe exactly as the build does (its segmenter, then ``tasks/recipe.make_sample`` timed by its
+own clock).  Prints seconds per megapixel for ingest (PNG decode), segment (every model of the
+ensemble, plus presence), trimap, alpha, foreground, quality and composite.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from matteforge.config import BuildConfig
 from matteforge.tasks import composite as comp
-from matteforge.tasks import trimap
-from matteforge.tasks.alpha import knn_alpha_with_info
-from matteforge.tasks.codec import to_uint8
-from matteforge.tasks.foreground import estimate_foreground
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.segment import load_segmenter
+from matteforge.tasks.recipe import StageClock, make_sample
+from matteforge.tasks.segment import segmenter_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,6 +49,7 @@ def resize_to(image: np.ndarray, megapixels: float) -> np.ndarray:
 
 
 def time_stages(image: np.ndarray, background: np.ndarray) -> dict[str, float]:
+    """One portrait through the build's own stages: its segmenter, then ``make_sample``."""
     seconds: dict[str, float] = {}
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -56,23 +57,17 @@ def time_stages(image: np.ndarray, background: np.ndarray) -> dict[str, float]:
     decoded = decode_image(buf.getvalue()).image
     seconds["ingest"] = time.perf_counter() - t
     assert decoded is not None
-    seg = load_segmenter()
+    cfg = BuildConfig()
+    seg = segmenter_for(cfg.segment)
     t = time.perf_counter()
     result = seg.predict(decoded)
     seconds["segment"] = time.perf_counter() - t
+    clock = StageClock()
+    sample = make_sample(decoded, result.model_maps(), cfg, clock)
+    seconds.update(clock.seconds)
     h, w = decoded.shape[:2]
     t = time.perf_counter()
-    tri = trimap.make_trimap(result.probability, half_width=trimap.band_width(h, w))
-    seconds["trimap"] = time.perf_counter() - t
-    t = time.perf_counter()
-    alpha, _ = knn_alpha_with_info(decoded, tri)
-    alpha8 = to_uint8(alpha)
-    seconds["alpha"] = time.perf_counter() - t
-    t = time.perf_counter()
-    fg = estimate_foreground(decoded, alpha8)
-    seconds["foreground"] = time.perf_counter() - t
-    t = time.perf_counter()
-    comp.composite(fg, alpha8, comp.fit_background(background, h, w))
+    comp.composite(sample.foreground, sample.alpha, comp.fit_background(background, h, w))
     seconds["composite"] = time.perf_counter() - t
     return seconds
 
@@ -89,7 +84,7 @@ def main() -> None:
     images = portraits()
     # Warm-up: model load and numba compilation are one-off costs, not per-image ones.
     time_stages(resize_to(images["astronaut"], 0.05), background)
-    stages = ("ingest", "segment", "trimap", "alpha", "foreground", "composite")
+    stages = ("ingest", "segment", "trimap", "alpha", "foreground", "quality", "composite")
     print(f"inputs: {', '.join(images)} (resized bicubic to each size); 1 torch thread")
     print(f"{'MP':>5} " + " ".join(f"{s:>11}" for s in stages) + "   (seconds per megapixel)")
     for mp in args.sizes:

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
+from matteforge.config import BuildConfig
 from matteforge.demo import prepare_demo_data
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,12 @@ def test_trimaps_alphas_and_composites_are_well_formed(demo_build):
 
 def test_dataset_json_records_model_counts_and_checksums(demo_build):
     meta = json.loads((demo_build / "dataset.json").read_text())
-    assert len(meta["model"]["sha256"]) == 64 and meta["model"]["license"]
+    # the demo runs the default recipe: two models, each with its own sha256 and license
+    assert [len(sha) for sha in meta["model"]["sha256"].split("+")] == [64, 64]
+    assert "GPL-3.0" in meta["model"]["license"] and "Apache-2.0" in meta["model"]["license"]
+    default = BuildConfig().model_dump(mode="json")
+    for section in ("segment", "trimap", "alpha", "quality"):
+        assert meta["config"][section] == default[section], section
     samples = pd.read_parquet(demo_build / "manifest/samples")
     assert set(samples["model_license"]) == {meta["model"]["license"]}
     assert meta["counts"]["by_status"] == {"failed": 1, "ok": 2, "rejected": 2}
@@ -274,3 +280,31 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     assert len(samples) == 4 and samples["source_uri"].is_unique
     assert all(uri.startswith(str(gone)) for uri in samples["source_uri"])
     assert verify_dataset(str(copy)).ok
+
+
+def test_build_without_config_runs_and_records_the_default_recipe(demo_build, tmp_path):
+    """No --config: BuildConfig() itself, said once on stderr (GPL weights) and in dataset.json."""
+    import shutil
+
+    photos, backgrounds = tmp_path / "photos", tmp_path / "bgs"
+    photos.mkdir()
+    backgrounds.mkdir()
+    shutil.copy(demo_build.parent / "data" / "portraits" / "astronaut.png", photos)
+    shutil.copy(demo_build.parent / "data" / "backgrounds" / "brick.png", backgrounds)
+    out = tmp_path / "out"
+    done = _run_cli("build", "--input", str(photos), "--backgrounds", str(backgrounds),
+                    "--output", str(out), "--workers", "1", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr[-2000:]
+    notices = [line for line in done.stderr.splitlines() if "--config permissive" in line]
+    assert len(notices) == 1 and "GPL-3.0" in notices[0]
+    meta = json.loads((out / "dataset.json").read_text())
+    default = BuildConfig().model_dump(mode="json")
+    for section in ("segment", "trimap", "alpha", "quality", "composite", "ingest"):
+        assert meta["config"][section] == default[section], section  # run: --workers 1
+    assert meta["config"]["segment"]["model"] == ["rvm", "modnet@384"]
+    assert "GPL-3.0" in meta["model"]["license"]
+    samples = pd.read_parquet(out / "manifest/samples")
+    (row,) = samples.to_dict("records")
+    assert row["status"] == "ok", row
+    assert 0 <= row["model_disagreement"] < 0.35 and row["model_disagreement_box"]
+    assert row["n_composites"] == 1  # 100 wanted per foreground, one background there
