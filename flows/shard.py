@@ -11,8 +11,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ from matteforge.tasks.effects import (
     specs_to_json,
 )
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
-from matteforge.tasks.recipe import make_sample
+from matteforge.tasks.recipe import StageClock, make_sample
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
 from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 from matteforge.tasks.unreadable import read_failure
@@ -117,21 +116,6 @@ class BackgroundCache:
         return decoded.image
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = dict.fromkeys(manifest.STAGES, 0.0)
-        self.stage = ""
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        self.stage = stage
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - start
-
-
 def _base_row(uri: str, ingest: IngestResult, cfg: BuildConfig, seg: Segmenter) -> dict[str, Any]:
     return {
         "sample_id": ingest.sample_id if ingest.content_sha256 else "",
@@ -176,7 +160,7 @@ def process_sample(
     ``kept`` (sample_id → source URI of the ok rows made so far in this shard) turns a second
     copy of the same bytes into a ``duplicate`` row without processing it again.
     """
-    timer = _Timer()
+    timer = StageClock(manifest.STAGES)
     with timer("ingest"):
         ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
                               min_side=cfg.ingest.min_side, name=uri)
@@ -206,7 +190,7 @@ def _run_stages(
     seg: Segmenter,
     backgrounds: BackgroundCache,
     out: Location,
-    timer: _Timer,
+    timer: StageClock,
 ) -> None:
     sid = row["sample_id"]
     with timer("segment"):

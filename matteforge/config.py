@@ -189,8 +189,8 @@ class QualityConfig(_Section):
         0.35, ge=0.0, description="Ensembles: share of the person area where the models differ "
         "by > 0.5. Good composites <= 0.31, one model broken 0.18-1.0 (docs/quality.md).")
     min_edge_support: float | None = Field(
-        1.35, ge=0.0, description="Good mattes 1.40-6.06 (busy backgrounds lowest), broken "
-        "masks 0.95-1.63 (docs/quality.md).")
+        1.55, ge=0.0, description="Good mattes 1.65-11.6 (busy backgrounds lowest), broken "
+        "masks the agreement check lets through <= 1.50 (docs/quality.md).")
     max_mask_alpha_disagreement: float | None = Field(
         0.08, ge=0.0, le=1.0, description="Good 0.004-0.021, confetti masks >= 0.12.")
     max_fg_components: int | None = Field(

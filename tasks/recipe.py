@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,10 +89,13 @@ def make_trimap(image_shape: tuple[int, ...], maps: Mapping[str, np.ndarray],
 
 
 class StageClock:
-    """Seconds per stage, and the stage running now (a failure is charged to it)."""
+    """Seconds per stage, and the stage running now (a failure is charged to it).
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    ``stages`` start at 0 s, so a row records every stage, run or not.
+    """
+
+    def __init__(self, stages: Iterable[str] = ()) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(stages, 0.0)
         self.stage = ""
 
     @contextmanager

@@ -220,8 +220,11 @@ class GatedSegmenter:
 
     def predict(self, image: np.ndarray) -> SegmentResult:
         image = as_rgb(image)
-        maps = {b.model_id: b.predict(image) for b in self.backends}
-        arrays = list(maps.values())
+        arrays = [b.predict(image) for b in self.backends]
+        ids = [b.model_id for b in self.backends]
+        # the same model twice (e.g. at two sizes) keeps both maps
+        maps = {(i if ids.count(i) == 1 else f"{i}#{k}"): m
+                for k, (i, m) in enumerate(zip(ids, arrays, strict=True))}
         full = arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
         gate = (arrays[self.gate_index] if self.presence_backend is None
                 else self.presence_backend.predict(image))

@@ -80,7 +80,7 @@ def test_judge_names_the_first_failing_figure_and_skips_missing_ones():
 def test_limits_come_from_the_config_and_none_switches_one_off():
     limits = QualityConfig().limits()
     assert next(iter(limits)) == "model_disagreement"  # the reason a gross model failure gets
-    assert limits["edge_support"] == ("min", 1.35)
+    assert limits["edge_support"] == ("min", 1.55)
     assert limits["fg_components"] == ("max", 8)
     assert "composite_residual" not in limits  # off by default: it did not separate (measured)
     cfg = load_config({"quality": {"min_edge_support": None}})

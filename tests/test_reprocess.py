@@ -84,8 +84,12 @@ def versions(tmp_path_factory) -> Iterator[dict[str, Path]]:
     paths = {"parent": root / "v1", "trimap": root / "v2-trimap", "composite": root / "v2-comp",
              "portraits": portraits}
     try:
+        # One model, so a trimap change can start from the stored mask (an ensemble's recipe
+        # needs every model's own map and restarts at the segment stage).
+        one_model = load_config("demo", **{"segment.model": "mediapipe-selfie",
+                                           "alpha.prior_weight": 0}).model_dump(mode="json")
         with prefect_api():
-            build_dataset(config="demo", input=str(portraits), backgrounds=str(backgrounds),
+            build_dataset(config=one_model, input=str(portraits), backgrounds=str(backgrounds),
                           output=str(paths["parent"]), n_workers=1)
             reprocess_dataset(source=str(paths["parent"]), output=str(paths["trimap"]),
                               changes={"trimap": {"width_fraction": 0.03}}, n_workers=1)
