@@ -89,6 +89,10 @@ def cmd_alpha(args: argparse.Namespace) -> None:
 
     image, tri = _read_rgb(args.image), _read_gray(args.trimap)
     _same_size("trimap", tri, image, "image")
+    if np.isin(tri, (0, 255)).all():
+        print(f"matteforge: warning: {args.trimap} has no unknown (grey) pixels, so the alpha is "
+              "that file itself; did you pass a mask? make a trimap first: matteforge trimap "
+              "MASK --out TRIMAP.png", file=sys.stderr)
     alpha, info = knn_alpha_with_info(image, tri, n_neighbors=args.neighbors, device=args.device)
     _write(args.out, to_uint8(alpha))
     print(f"{args.out}: {info.n_unknown} unknown px, {info.iterations} iterations, "

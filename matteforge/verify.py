@@ -18,7 +18,7 @@ from typing import Any
 
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.storage import Location, locate, refresh
+from matteforge.tasks.storage import Location, locate, redact_uri, refresh
 
 STATS_FILE = manifest.STATS_FILE
 
@@ -151,7 +151,12 @@ def verify_dataset(
     """Every check on the dataset at ``uri``; problems are collected, never raised."""
     out = locate(uri, storage_options)
     report = Report()
-    check = _Checker(out, _listing(out), hashes, report)
+    listing = _listing(out)
+    if not listing:  # not a dataset that failed to finish: nothing is there at all
+        report.problems.append(f"no dataset at {redact_uri(uri)}: the location does not exist "
+                               "or holds no files")
+        return report
+    check = _Checker(out, listing, hashes, report)
     meta = _read_json(out, "dataset.json", report,
                       "dataset.json is missing (the build never finished)")
     stats = _read_json(out, STATS_FILE, report, None)

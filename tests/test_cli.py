@@ -67,3 +67,29 @@ def test_bad_input_exits_nonzero_with_one_line(files, tmp_path, capsys):
     code = main(["alpha", str(files["image"]), str(small), "--out", str(tmp_path / "a.png")])
     assert code == EXIT_BAD_INPUT
     assert "trimap is 10x10 but image is 512x512" in capsys.readouterr().err
+
+
+def test_alpha_from_a_plain_mask_warns_that_nothing_is_solved(files, tmp_path, capsys):
+    out = tmp_path / "alpha.png"
+    assert main(["alpha", str(files["image"]), str(files["mask"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "no unknown (grey) pixels" in err and "matteforge trimap" in err
+    np.testing.assert_array_equal(_read(out), _read(files["mask"]))
+
+
+def test_verify_of_a_missing_location_says_there_is_no_dataset(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nowhere")]) != 0
+    out = capsys.readouterr().out
+    assert "no dataset at" in out and "never finished" not in out
+
+
+def test_sample_runs_the_build_recipe_on_one_portrait(files, tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "one"
+    assert main(["sample", str(files["image"]), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert ": ok;" in said and "model_disagreement" in said and "edge_support" in said
+    for name in ("alpha_model", "trimap", "alpha", "fg"):
+        assert (out / f"{name}.png").is_file()
+    trimap, alpha = _read(out / "trimap.png"), _read(out / "alpha.png")
+    assert set(np.unique(trimap)) <= {0, 128, 255}
+    assert (alpha[trimap == 255] == 255).all() and (alpha[trimap == 0] == 0).all()
