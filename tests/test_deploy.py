@@ -68,6 +68,14 @@ def test_prefect_yaml_deployments_exist_with_schedule_and_working_directory(depl
     (schedule,) = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "Europe/London"
+    # shipped paused (placeholder paths); the documented command turns it on
+    assert schedule["active"] is False
+    _prefect("deployment", "schedule", "resume", "build-dataset/nightly", schedule["id"],
+             env=deployed)
+    (resumed,) = _deployment("build-dataset/nightly", deployed)["schedules"]
+    assert resumed["active"] is True
+    _prefect("deployment", "schedule", "pause", "build-dataset/nightly", schedule["id"],
+             env=deployed)
     assert nightly["work_pool_name"] == POOL
     assert set(nightly["parameters"]) >= {"config", "input", "backgrounds", "output"}
     (step,) = nightly["pull_steps"]
