@@ -313,11 +313,27 @@ def _add_storage_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="object-store endpoint (S3-compatible servers)")
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """--help with each flag's default, where it has one (None means "from the config")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS, False) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from matteforge import __version__
+
     parser = argparse.ArgumentParser(prog="matteforge", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"matteforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("build", help="turn a folder or bucket of portraits into a dataset")
+    p = sub.add_parser("build", help="turn a folder or bucket of portraits into a dataset",
+                       formatter_class=_ShowDefaults,
+                       description="Flags left out come from the config; no --config is the "
+                       "built-in default recipe (docs/quality.md).")
     p.add_argument("--config", default=None,
                    help="YAML file or packaged name (permissive, comp1k, demo); default: the "
                    "built-in recipe with the best measured quality: rvm + MODNet, KNN matting "
@@ -325,11 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="folder or fsspec URI of portraits")
     p.add_argument("--backgrounds", help="folder or fsspec URI of backgrounds")
     p.add_argument("--output", help="dataset root (folder or fsspec URI)")
-    p.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--workers", type=int, help="LocalCluster worker processes")
-    p.add_argument("--shard-size", type=int, help="images per Prefect task")
+    p.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: from the config, else a LocalCluster)")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: from "
+                   "the config, else one per CPU)")
+    p.add_argument("--shard-size", type=int, help="images per Prefect task (default: from "
+                   "the config; 64 without one)")
     p.add_argument("--mode", choices=["incremental", "overwrite", "retry-failed"],
-                   help="skip finished inputs (default); redo all; redo failed ones too")
+                   help="skip finished inputs; redo all; redo failed ones too (default: from "
+                   "the config; incremental without one)")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_build)
 

@@ -93,3 +93,17 @@ def test_sample_runs_the_build_recipe_on_one_portrait(files, tmp_path, capsys, o
     trimap, alpha = _read(out / "trimap.png"), _read(out / "alpha.png")
     assert set(np.unique(trimap)) <= {0, 128, 255}
     assert (alpha[trimap == 255] == 255).all() and (alpha[trimap == 0] == 0).all()
+
+
+def test_version_and_build_help_show_what_a_user_needs(capsys):
+    from matteforge import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"matteforge {__version__}"
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "built-in recipe with the best measured quality" in text
+    assert "(default: incremental)" not in text  # --mode has no default of its own: the config's
+    assert "from the config" in text
