@@ -97,6 +97,11 @@ class SegmentConfig(_Section):
     @model_validator(mode="after")
     def _rvm_settings_need_rvm(self) -> SegmentConfig:
         names = self.model_names()
+        from matteforge.models.backends import check_model_name  # torch: only when validating
+
+        for name in names:
+            if isinstance(name, str):
+                check_model_name(name)
         if isinstance(self.model, list):
             if len(names) < 2:
                 raise ValueError("segment.model as a list needs two or more models")

@@ -107,3 +107,29 @@ def test_version_and_build_help_show_what_a_user_needs(capsys):
     assert "built-in recipe with the best measured quality" in text
     assert "(default: incremental)" not in text  # --mode has no default of its own: the config's
     assert "from the config" in text
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--input", "{d}/in/no/such", "--output", "{d}/out", "--backgrounds", "{d}/bg"],
+     "--input {d}/in/no/such: no such file or folder"),
+    (["--input", "{d}/in", "--output", "{d}/out", "--backgrounds", "file://{d}/nope"],
+     "--backgrounds file://{d}/nope: no such file or folder"),
+    (["--input", "{d}/in", "--backgrounds", "{d}/bg"], "no output: give --output"),
+])
+def test_build_refuses_missing_locations_in_one_line_before_starting(tmp_path, capsys, argv,
+                                                                     said):
+    argv = [a.format(d=tmp_path) for a in argv]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "bg").mkdir()
+    assert main(["build", *argv]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said.format(d=tmp_path) in err[0]
+
+
+def test_an_unknown_model_name_is_refused_with_a_suggestion(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("segment:\n  model: [rvm, modnett@384]\n")
+    assert main(["build", "--config", str(config), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "out"), "--backgrounds", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "unknown segmentation model 'modnett'" in err and "did you mean 'modnet'" in err

@@ -312,6 +312,23 @@ BACKENDS: dict[str, Loader] = {
 }
 
 
+def check_model_name(name: str) -> None:
+    """Refuse an unknown model name (``name`` or ``name@size``), saying what it may have meant.
+
+    Called when a config is validated, so a typo stops a build before any server or worker
+    starts.
+    """
+    import difflib
+
+    base, _ = split_model_name(name)
+    known = [*BACKENDS, *(ep.name for ep in entry_points(group=PLUGIN_GROUP))]
+    if base in known:
+        return
+    close = difflib.get_close_matches(base, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown segmentation model {base!r}: {hint}known: {', '.join(known)}")
+
+
 def split_model_name(name: str) -> tuple[str, tuple[int, ...] | None]:
     """``"modnet@384"`` → ``("modnet", (384,))``; ``"rvm@384,640"`` → both sizes; no ``@``: None.
 
