@@ -145,15 +145,13 @@ def dev_set(n_images: int, n_backgrounds: int, megapixels: float) -> list[Compos
 
 
 def model_fn(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """``name[@size[,size...][xpasses]]`` → image → that model's probability map."""
-    base, _, sizes = name.partition("@")
-    sizes, _, passes = sizes.partition("x")
-    size: tuple[int, ...] | int | None = None
-    if sizes:
-        size = tuple(int(s) for s in sizes.split(","))
-        if base != "rvm":
-            size = size[0]
-    return load_backend(base, size=size, passes=int(passes) if passes else None).predict
+    """``name[@size[,size...]][xpasses]`` → image → that model's probability map.
+
+    ``load_backend`` reads ``name@size`` itself; ``x<passes>`` is this benchmark's (rvm only).
+    """
+    base, at, rest = name.partition("@")
+    sizes, _, passes = rest.partition("x")
+    return load_backend(base + at + sizes, passes=int(passes) if passes else None).predict
 
 
 def band_sads(final: np.ndarray, model: np.ndarray, truth: np.ndarray, half: int

@@ -206,11 +206,11 @@ def _run_stages(
     sample = make_sample(image, result.model_maps(), cfg, timer)
     row.update(sample.row)
     tri, alpha8, fg, verdict = sample.trimap, sample.alpha, sample.foreground, sample.verdict
-    mask = trimap.binarize(result.probability, cfg.trimap.threshold)
+    mask = trimap.binarize(sample.probability, cfg.trimap.threshold)
     with timer("write"):
         for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
                                     ("alpha_model", "alpha_model",
-                                     to_uint8(result.probability)),
+                                     to_uint8(sample.probability)),
                                     ("trimap", TRIMAP_DIR, tri), ("alpha", "alpha", alpha8),
                                     ("fg", "fg", fg)):
             _put(out, f"{folder}/{sid}.png", encode(array), row, kind)

@@ -182,33 +182,17 @@ def _license_notice(cfg: Any) -> None:
               file=sys.stderr)
 
 
-def _check_local_sources(cfg: Any) -> None:
-    """A local input or backgrounds folder that is not there, or no output: one line, before
-    a Prefect server or a Dask cluster starts (remote locations are checked by the build)."""
-    from fsspec.utils import get_protocol
-
-    if not cfg.output:
-        raise CliError("no output: give --output (or `output:` in the config)")
-    for name in ("input", "backgrounds"):
-        uri = getattr(cfg, name)
-        if not uri or get_protocol(uri) not in ("file", "local"):
-            continue
-        path = Path(uri.split("://", 1)[1] if "://" in uri else uri)
-        if not path.exists():
-            raise CliError(f"--{name} {uri}: no such file or folder")
-
-
 def _check_build_config(args: argparse.Namespace) -> None:
     """Refuse a config the flow would refuse, before a Prefect server and workers start."""
     from pydantic import ValidationError
 
-    from matteforge.config import check_locations, load_config
+    from matteforge.config import check_locations, check_sources, load_config
 
     try:
         cfg = load_config(args.config, input=args.input, output=args.output,
                           backgrounds=args.backgrounds)
         check_locations(cfg)
-        _check_local_sources(cfg)
+        check_sources(cfg)
     except ValidationError as exc:
         raise CliError("config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc

@@ -396,6 +396,23 @@ def check_locations(cfg: BuildConfig) -> None:
                          f"apart from the {name}, so a build never reads or replaces its sources")
 
 
+def check_sources(cfg: BuildConfig) -> None:
+    """Refuse a build with no output, or with a local input or backgrounds that is not there.
+
+    Remote locations are listed by the build itself; these are the mistakes that can be named
+    before a Prefect server or a Dask cluster starts.
+    """
+    if not cfg.output:
+        raise ValueError("no output: give --output (or `output:` in the config)")
+    for name in ("input", "backgrounds"):
+        uri = getattr(cfg, name)
+        if uri is None:
+            continue
+        fs, path = _where(uri)
+        if fs == "file" and not os.path.exists(path):
+            raise ValueError(f"--{name} {uri}: no such file or folder")
+
+
 def packaged_config_path(name: str) -> Path:
     """Path of a config shipped in ``matteforge.configs`` (e.g. ``demo``)."""
     return Path(str(resources.files("matteforge.configs").joinpath(f"{name}.yaml")))

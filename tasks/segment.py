@@ -34,6 +34,7 @@ from matteforge.models.backends import (
 )
 from matteforge.models.tflite_torch import TFLiteModule, load_tflite
 from matteforge.models.weights import WheelMember, resolve_weights, sha256_file
+from matteforge.tasks.recipe import ensemble_map
 
 __all__ = ["SELFIE_WEIGHTS", "letterbox"]  # re-exported: older callers import them from here
 
@@ -225,7 +226,7 @@ class GatedSegmenter:
         # the same model twice (e.g. at two sizes) keeps both maps
         maps = {(i if ids.count(i) == 1 else f"{i}#{k}"): m
                 for k, (i, m) in enumerate(zip(ids, arrays, strict=True))}
-        full = arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
+        full = ensemble_map(maps)
         gate = (arrays[self.gate_index] if self.presence_backend is None
                 else self.presence_backend.predict(image))
         small = evidence_map(gate)
