@@ -5,29 +5,37 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup test-setup demo test test-fast lint clean
 
 setup: $(VENV)/.installed
+
+# The tests' set-up: the venv, plus Debian's chromium for the one browser test of the HTML
+# report (tests/test_report.py). Installed with --no-upgrade, so no package already on the
+# machine changes; where that cannot be done (no apt-get, not root, or chromium would need
+# other packages upgraded) the browser test skips with a message. The demo needs no browser.
+test-setup: $(VENV)/.browser
+
+$(VENV)/.browser: $(VENV)/.installed
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		{ apt-get install -y -q --no-upgrade chromium || \
+		  { apt-get update -q && apt-get install -y -q --no-upgrade chromium; }; } \
+		|| echo "chromium not installed: tests/test_report.py will skip its browser test"
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(FIND_LINKS) "$(TORCH)"
 	$(PY) -m pip install -q $(FIND_LINKS) -e ".[dev]"
-# tests/test_report.py opens the HTML report in Debian's chromium; where it cannot be installed
-# (no apt-get, not root) that one test is skipped.
-	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
-		{ apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
-		|| echo "chromium not installed: tests/test_report.py will skip its browser test"
 	touch $@
 
 demo: setup
 	$(VENV)/bin/matteforge demo --data demo-data --output demo-output
 
-test: setup
+test: test-setup
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: test-setup
 	$(PY) -m pytest -m "not slow"
 
 lint: setup

@@ -11,40 +11,54 @@ from typing import Any
 
 from matteforge.flows.shard import BackgroundRef
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.storage import Location, read_bytes, redact_uri, write_bytes_atomic
+from matteforge.tasks.storage import (
+    Location,
+    printable,
+    read_input,
+    redact_uri,
+    write_bytes_atomic,
+)
 from matteforge.tasks.unreadable import read_failure
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 def _reusable(known: dict[str, Any] | None, size: int | None, out: Location) -> bool:
-    """A row from an earlier build still describes this file (same size, copy in place)."""
+    """A row from an earlier build still describes this file (same size, an intact-sized copy
+    in place: a missing or cut copy is made again)."""
     if known is None or known["status"] != "ok" or known["source_bytes"] != size:
         return False
     bg_uri = known["bg_uri"] or ""
-    return "://" in bg_uri or out.fs.exists(out.path(bg_uri))
+    if "://" in bg_uri:
+        return True
+    try:
+        return out.fs.size(out.path(bg_uri)) == known["source_bytes"]
+    except OSError:
+        return False
 
 
 def index_backgrounds(
     files: list[tuple[str, int | None]], src: Location, out: Location, *, copy: bool,
     max_pixels: int, max_bytes: int, min_side: int = 1,
-    known: dict[str, dict[str, Any]] | None = None,
+    known: dict[str, dict[str, Any]] | None = None, follow_links_outside: bool = False,
 ) -> tuple[list[dict[str, Any]], list[BackgroundRef]]:
     """Rows for the backgrounds table, and the usable backgrounds in a stable order.
 
     ``known`` (source_uri → row of an earlier build) lets an unchanged background skip decoding.
+    Sources are read like portraits (:func:`~matteforge.tasks.storage.read_input`): a link out
+    of the backgrounds folder or a special file becomes a row and is never opened.
     """
     rows: list[dict[str, Any]] = []
     refs: dict[str, BackgroundRef] = {}
     for path, size in files:
-        uri = redact_uri(src.url(path))
+        uri = printable(redact_uri(src.url(path)))
         previous = (known or {}).get(uri)
         if _reusable(previous, size, out) and previous["bg_id"] not in refs:
             rows.append(previous)
             refs[previous["bg_id"]] = BackgroundRef(previous["bg_id"], path, previous["bg_uri"])
             continue
         try:
-            data = read_bytes(src, path, max_bytes=max_bytes)
+            data = read_input(src, path, max_bytes, follow_links_outside)
         except Exception as exc:
             status, reason, detail = read_failure(exc)
             rows.append({"bg_id": "", "source_uri": uri, "status": status,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
@@ -36,11 +37,14 @@ from matteforge.config import (
 )
 from matteforge.flows.backgrounds import index_backgrounds
 from matteforge.flows.duplicates import resolve_duplicates
+from matteforge.flows.groups import fingerprint_inputs, group_inputs
 from matteforge.flows.plan import InputFile, plan_build, stale_rows
-from matteforge.flows.shard import BackgroundRef, ShardSummary, run_shard
+from matteforge.flows.shard import BackgroundRef, GroupRef, ShardSummary, run_shard
 from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
 from matteforge.tasks import manifest
+from matteforge.tasks.dataset_card import write_card
 from matteforge.tasks.ingest import content_hash
+from matteforge.tasks.lock import LockInfo, OutputLocked, output_lock
 from matteforge.tasks.report import summary_markdown, write_report
 from matteforge.tasks.segment import segmenter_for
 from matteforge.tasks.storage import (
@@ -48,9 +52,13 @@ from matteforge.tasks.storage import (
     clear_temporary,
     list_file_sizes,
     locate,
+    printable,
     redact_uri,
+    wire_path,
     write_bytes_atomic,
 )
+from matteforge.tasks.unreadable import MACHINE_REASONS
+from matteforge.verify import find_damage
 
 _VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy",
               "opencv-python-headless", "scikit-learn", "scipy", "pymatting", "pyarrow", "pillow")
@@ -74,24 +82,60 @@ def make_task_runner(run: RunConfig) -> DaskTaskRunner:
 def process_shard(
     shard: str, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
     backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
-    storage: SecretStr | None = None,
+    storage: SecretStr | None = None, groups: dict[str, GroupRef] | None = None,
 ) -> ShardSummary:
     return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
-                     storage_options=unseal_storage(storage))
+                     storage_options=unseal_storage(storage), groups=groups)
+
+
+@task(name="fingerprint-inputs", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def fingerprint_task(items: list[str], cfg_data: dict[str, Any], input_uri: str,
+                     storage: SecretStr | None = None) -> dict[str, tuple[str, str]]:
+    cfg = BuildConfig.model_validate(cfg_data)
+    src = locate(input_uri, unseal_storage(storage).get("input"), cfg.run.io_retry())
+    return fingerprint_inputs(src, items, cfg.ingest.max_bytes, cfg.ingest.max_pixels,
+                              cfg.ingest.follow_links_outside)
+
+
+def _groups(shards: list[tuple[str, list[str]]], cfg: BuildConfig, input_uri: str,
+            output_uri: str, storage: SecretStr | None) -> dict[str, GroupRef]:
+    """Every input's near-duplicate group and split, from a fingerprint task per shard."""
+    logger = get_run_logger()
+    prints: dict[str, tuple[str, str]] = {}
+    cfg_data = cfg.model_dump(mode="json")
+    for future in [fingerprint_task.submit(uris, cfg_data, input_uri, storage)
+                   for _, uris in shards]:
+        try:
+            prints.update(future.result())
+        except Exception as exc:  # those inputs fall back to a split of their own
+            logger.warning("fingerprints of a shard failed (%s: %s): its near-duplicates are "
+                           "not grouped", type(exc).__name__, exc)
+    out = locate(output_uri, unseal_storage(storage).get("output"), cfg.run.io_retry())
+    rows = manifest.read_table(out, "samples").to_pylist()
+    groups = group_inputs(prints, rows, cfg.composite.near_duplicate_bits, cfg.seed,
+                          cfg.composite.test_fraction)
+    merged = len(prints) - len({g[1] for g in groups.values()})
+    logger.info("fingerprints: %d input(s), %d in a group with a near-identical photo",
+                len(prints), merged)
+    return groups
 
 
 @task(name="index-backgrounds", cache_policy=NONE)
 def index_backgrounds_task(
-    backgrounds_uri: str, output_uri: str, cfg: BuildConfig, storage: SecretStr | None = None
+    backgrounds_uri: str, output_uri: str, cfg: BuildConfig, storage: SecretStr | None = None,
+    damaged: list[str] | None = None,
 ) -> list[BackgroundRef]:
+    """``damaged``: source URIs whose copy in ``bg/`` is damaged, so it is made again."""
     opts = unseal_storage(storage)
     src = locate(backgrounds_uri, opts.get("backgrounds"), cfg.run.io_retry())
     out = locate(output_uri, opts.get("output"), cfg.run.io_retry())
     files = list_file_sizes(src, cfg.ingest.extensions)
-    known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()}
+    known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()
+             if r["source_uri"] not in set(damaged or ())}
     rows, refs = index_backgrounds(
         files, src, out, copy=cfg.composite.copy_backgrounds,
-        max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes, known=known)
+        max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes, known=known,
+        follow_links_outside=cfg.ingest.follow_links_outside)
     manifest.write_table(out, "backgrounds", manifest.shard_name(0), rows)
     get_run_logger().info("backgrounds: %d usable of %d listed", len(refs), len(files))
     return refs
@@ -104,33 +148,56 @@ def _progress_line(done: int, total: int, images: int, n_images: int, counts: di
     return f"shards {done}/{total} · images {images}/{n_images} · {rate:.2f} img/s · {parts}"
 
 
+@dataclass(frozen=True)
+class ShardFailure:
+    """A shard whose task failed for good (its retries spent): a lost worker, a store that
+    stayed down.  Its inputs have no rows, so the next incremental build does them."""
+
+    shard: str
+    inputs: int
+    error: str
+
+
 @flow(name="process-shards")
 def process_shards(
     shards: list[tuple[str, list[str]]], cfg_data: dict[str, Any], input_uri: str,
     backgrounds_uri: str,
     bg_refs: list[BackgroundRef], output_uri: str, storage: SecretStr | None = None,
-) -> list[ShardSummary]:
-    """Fan shards out to Dask and report progress as each one lands."""
+) -> tuple[list[ShardSummary], list[ShardFailure]]:
+    """Fan shards out to Dask and report progress as each one lands.
+
+    A shard that fails is reported and left out; the others go on.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
-    run = RunConfig.model_validate(cfg_data.get("run", {}))
-    shard_task = process_shard.with_options(retries=run.shard_retries)
-    futures = [
+    cfg = BuildConfig.model_validate(cfg_data)
+    groups = _groups(shards, cfg, input_uri, output_uri, storage)
+    shard_task = process_shard.with_options(retries=cfg.run.shard_retries)
+    futures = {
         shard_task.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
-                          storage)
+                          storage, {u: groups[u] for u in uris if u in groups}): (key, len(uris))
         for key, uris in shards
-    ]
+    }
     n_images = sum(len(uris) for _, uris in shards)
     summaries: list[ShardSummary] = []
+    failures: list[ShardFailure] = []
     counts: dict[str, int] = {}
-    for future in as_completed(futures):
-        summary: ShardSummary = future.result()
-        summaries.append(summary)
-        for status, n in summary.counts.items():
-            counts[status] = counts.get(status, 0) + n
+    for future in as_completed(list(futures)):
+        key, n = futures[future]
+        try:
+            summary: ShardSummary = future.result()
+        except Exception as exc:
+            failures.append(ShardFailure(key, n, f"{type(exc).__name__}: {exc}"[:500]))
+            counts["shard_failed"] = counts.get("shard_failed", 0) + n
+            logger.error("shard %s (%d inputs) failed: %s", key, n, failures[-1].error)
+        else:
+            summaries.append(summary)
+            for status, k in summary.counts.items():
+                counts[status] = counts.get(status, 0) + k
         images = sum(counts.values())
-        logger.info(_progress_line(len(summaries), len(shards), images, n_images, counts, started))
-    return sorted(summaries, key=lambda s: s.shard)
+        logger.info(_progress_line(len(summaries) + len(failures), len(shards), images,
+                                   n_images, counts, started))
+    return sorted(summaries, key=lambda s: s.shard), sorted(failures, key=lambda f: f.shard)
 
 
 def _versions() -> dict[str, str]:
@@ -153,6 +220,8 @@ def _manifest_checksums(out: Location) -> dict[str, str]:
 
 
 def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, list[str]]]:
+    """Shards of listed paths, each path as plain text (:func:`wire_path`)."""
+    items = [wire_path(p) for p in items]
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     return [(manifest.shard_key(chunk, config_hash), chunk) for chunk in chunks]
 
@@ -164,6 +233,15 @@ def _recover(out: Location) -> list[str]:
     """
     clear_temporary(out)
     return manifest.discard_uncommitted(out)
+
+
+def _quarantine_unreadable(out: Location, unreadable: list[str]) -> list[str]:
+    """Move manifest files that do not read to ``quarantine/``; their inputs get no row, so
+    this build does them again.  Returns where each went."""
+    moved = [manifest.quarantine(out, rel) for rel in unreadable]
+    if moved:
+        manifest.discard_uncommitted(out)  # composites whose samples file was moved aside
+    return moved
 
 
 def _recount(out: Location, summaries: list[ShardSummary]) -> list[ShardSummary]:
@@ -247,8 +325,9 @@ def _config_record(cfg: BuildConfig) -> dict[str, Any]:
 def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources: dict[str, str],
                  summary: dict[str, Any], parent: dict[str, Any] | None = None,
                  source_options: dict[str, Any] | None = None) -> None:
-    """stats.json, then dataset.json (written last: its presence means the dataset is done),
-    then the report that describes them.
+    """stats.json and the dataset card (README.md and hf/, for 🤗 datasets), then dataset.json
+    (written last: its presence means the dataset is done), then the report that describes
+    them.
 
     Shared by the build and the reprocess flow.  ``parent`` (a reprocessed version's lineage)
     defaults to the one already recorded at ``out``, so builds into a version keep it;
@@ -272,6 +351,8 @@ def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources
     }
     if parent := parent or _parent_of(out):
         dataset["parent"] = parent
+    write_card(out, manifest.read_table(out, "samples"), manifest.read_table(out, "composites"),
+               dataset)
     write_bytes_atomic(out, out.path("dataset.json"),
                        json.dumps(dataset, indent=2, sort_keys=True).encode())
     _publish_report(out, cfg.seed, source_options)
@@ -316,6 +397,8 @@ def build_dataset(
     mode: str | None = None,
     storage_options: SecretStr | None = None,
     locations: SecretStr | None = None,
+    check_hashes: bool = False,
+    follow_links_outside: bool | None = None,
 ) -> dict[str, Any]:
     """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
 
@@ -324,7 +407,9 @@ def build_dataset(
     from data shaped like the config's ``storage`` section) is merged over that section.
     ``locations`` carries location URIs that hold credentials (``https://user:pw@...``), sealed
     the same way and winning over ``input``/``backgrounds``/``output``: Prefect keeps plain flow
-    parameters in its database.  Returns the summary also written to ``dataset.json``.
+    parameters in its database.  ``check_hashes`` reads every file of the dataset to find
+    damage (``verify --repair``); without it damage is found by size.  Returns the summary
+    also written to ``dataset.json``.
     """
     started = time.perf_counter()
     hidden = unseal_storage(locations)
@@ -332,7 +417,8 @@ def build_dataset(
     output = hidden.get("output", output)
     overrides = {"input": input, "backgrounds": backgrounds, "output": output,
                  "run.dask_address": dask_address, "run.n_workers": n_workers,
-                 "run.shard_size": shard_size, "run.mode": mode}
+                 "run.shard_size": shard_size, "run.mode": mode,
+                 "ingest.follow_links_outside": follow_links_outside}
     cfg = load_config(config, **overrides)
     missing = [k for k in ("input", "backgrounds", "output") if getattr(cfg, k) is None]
     if missing:
@@ -345,34 +431,67 @@ def build_dataset(
     opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
     sealed = seal_storage(opts)
     out = locate(cfg.output, opts["output"], cfg.run.io_retry())
+    with output_lock(out) as held:
+        if held.took_over:
+            logger.warning("took over the lock of a build that is gone: %s",
+                           json.dumps(held.took_over, sort_keys=True))
+        return _build(cfg, seg, opts, sealed, out, started, check_hashes, held)
+
+
+def _still_ours(held: LockInfo) -> None:
+    """Stop before rewriting shared files when another build has taken the lock over."""
+    if held.lost:
+        raise OutputLocked(f"another build took over the lock on {redact_uri(held.path)} "
+                           "while this one ran (its heartbeat was late): stopped before "
+                           "rewriting the manifest; the shards committed are kept")
+
+
+def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, out: Location,
+           started: float, check_hashes: bool, held: LockInfo) -> dict[str, Any]:
+    """The build's steps, run while this build holds the output's lock."""
+    assert cfg.input and cfg.backgrounds
+    logger = get_run_logger()
     if discarded := _recover(out):
         logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
                        len(discarded))
+    damage = find_damage(out, hashes=check_hashes)
+    for moved in _quarantine_unreadable(out, damage.unreadable):
+        logger.warning("a manifest file did not read (truncated or overwritten): moved to %s; "
+                       "its samples are done again", moved)
+    if damage.sources or damage.backgrounds:
+        logger.warning("%d sample(s) and %d background(s) have missing or damaged files: "
+                       "done again", len(damage.sources), len(damage.backgrounds))
     config_hash = cfg.config_hash()
     src = locate(cfg.input, opts["input"], cfg.run.io_retry())
-    listing = [InputFile(path, redact_uri(src.url(path)), size)
+    listing = [InputFile(path, printable(redact_uri(src.url(path))), size)
                for path, size in list_file_sizes(src, cfg.ingest.extensions)]
     old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
     stale = stale_rows(old, config_hash, seg.weights_sha256)
     existing = {r["source_uri"]: r for name, rows in old.items() for r in rows
                 if (name, r["source_uri"]) not in stale}
-    plan = plan_build(listing, existing, cfg.run.mode, config_hash, seg.weights_sha256)
+    redo_reasons = MACHINE_REASONS | ({"outside_input"} if cfg.ingest.follow_links_outside
+                                      else set())
+    plan = plan_build(listing, existing, cfg.run.mode, config_hash, seg.weights_sha256,
+                      redo=damage.sources, redo_reasons=redo_reasons)
     logger.info("%d input files: %d to process, %d already done (mode %s), shards of %d",
                 len(listing), len(plan.todo), plan.skipped, cfg.run.mode, cfg.run.shard_size)
-    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed)
+    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed,
+                                     sorted(damage.backgrounds))
     if not bg_refs:
         logger.warning("no usable backgrounds: samples are processed but get no composites")
     shards = _shards([f.path for f in plan.todo], cfg.run.shard_size, config_hash)
     summaries: list[ShardSummary] = []
+    failures: list[ShardFailure] = []
     if shards:
-        summaries = process_shards.with_options(task_runner=make_task_runner(cfg.run))(
+        summaries, failures = process_shards.with_options(task_runner=make_task_runner(cfg.run))(
             shards, cfg.model_dump(mode="json"), cfg.input, cfg.backgrounds, bg_refs,
             cfg.output, sealed,
         )
-    written = {manifest.shard_name(key) for key, _ in shards}
+    _still_ours(held)
+    written = {manifest.shard_name(s.shard) for s in summaries}
     now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
     drop = stale_rows(now, config_hash, seg.weights_sha256, written)
-    if cfg.run.mode == "overwrite":
+    if cfg.run.mode == "overwrite" and not failures:
         # The old rows stayed until now, so a killed overwrite leaves the old dataset (plus
         # whatever shards it committed); only once every shard is in do the rest go, inputs
         # that have disappeared included.
@@ -385,6 +504,8 @@ def build_dataset(
         summaries = _recount(out, summaries)
     summary = summarize(summaries, time.perf_counter() - started)
     summary.update(skipped=plan.skipped, rows_replaced=dropped, backgrounds_usable=len(bg_refs),
+                   repaired=len(damage.sources), quarantined=len(damage.unreadable),
+                   machine_failures=_machine_failures(summary, failures),
                    dataset=dataset_counts(out))
     write_record(out, cfg, model_record(seg),
                  {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
@@ -392,4 +513,15 @@ def build_dataset(
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
     return summary
+
+
+def _machine_failures(summary: dict[str, Any], failures: list[ShardFailure]) -> dict[str, Any]:
+    """This run's failures that are not the inputs' fault: rows and whole shards.
+
+    Nothing is lost: the rows are redone by the next incremental build, the failed shards'
+    inputs have no row yet.  A non-empty record makes the CLI exit non-zero.
+    """
+    rows = {r: n for r, n in summary["by_reason"].items() if r in MACHINE_REASONS}
+    return {"inputs": sum(rows.values()) + sum(f.inputs for f in failures),
+            "by_reason": rows, "shards_failed": [asdict(f) for f in failures]}
 

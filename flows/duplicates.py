@@ -25,8 +25,8 @@ from matteforge.tasks.storage import Location
 DUPLICATE = "duplicate"
 # What a duplicate row keeps of the row it would have been: its source, not the sample's outputs.
 _SOURCE_COLUMNS = ("sample_id", "source_uri", "content_sha256", "source_bytes", "source_format",
-                   "notes", "width", "height", "model_id", "model_sha256", "model_license",
-                   "config_hash",
+                   "notes", "width", "height", "phash", "group_id", "model_id", "model_sha256",
+                   "model_license", "config_hash",
                    *(f"seconds_{s}" for s in manifest.STAGES))
 
 

@@ -2,7 +2,9 @@
 
 Modes: ``overwrite`` redoes everything; ``incremental`` skips every input that already has a row
 made with the same config hash and model from a file of the same name and size; ``retry-failed``
-does the same but redoes rows whose status is ``failed``.  A redone row's old copy is removed
+does the same but redoes rows whose status is ``failed``.  Every mode redoes rows that failed for
+the machine's reasons (``MACHINE_REASONS``: a full disk, a store that timed out) and rows the
+caller found damaged (their files missing or changed).  A redone row's old copy is removed
 from its shard only after the new one is committed, so a crash leaves a duplicate (resolved by
 :func:`stale_rows` on the next run), never a gap.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from matteforge.tasks.unreadable import MACHINE_REASONS
 
 Mode = Literal["incremental", "overwrite", "retry-failed"]
 MODES: tuple[Mode, ...] = ("incremental", "overwrite", "retry-failed")
@@ -66,19 +70,26 @@ def stale_rows(
 
 def plan_build(
     inputs: list[InputFile], existing: dict[str, dict[str, Any]], mode: Mode,
-    config_hash: str, model_sha256: str,
+    config_hash: str, model_sha256: str, redo: set[str] | frozenset[str] = frozenset(),
+    redo_reasons: set[str] | frozenset[str] = MACHINE_REASONS,
 ) -> Plan:
-    """Split ``inputs`` into work to do and work already done (``existing``: uri → row)."""
+    """Split ``inputs`` into work to do and work already done (``existing``: uri → row).
+
+    ``redo``: source URIs whose rows must be made again whatever they say (damaged files);
+    ``redo_reasons``: reason codes whose rows are never final.
+    """
     plan = Plan()
     for item in inputs:
         row = existing.get(item.uri)
         reusable = (
             mode != "overwrite"
             and row is not None
+            and item.uri not in redo
             and row["config_hash"] == config_hash
             and row["model_sha256"] == model_sha256
             and (item.size is None or row["source_bytes"] in (None, item.size))
             and not (mode == "retry-failed" and row["status"] == "failed")
+            and row.get("reason") not in redo_reasons
         )
         if reusable:
             plan.skipped += 1

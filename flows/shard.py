@@ -30,11 +30,25 @@ from matteforge.tasks.effects import (
 )
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
 from matteforge.tasks.recipe import StageClock, make_sample
+from matteforge.tasks.retry import is_transient
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
-from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
+from matteforge.tasks.storage import (
+    Location,
+    WriteFailed,
+    locate,
+    printable,
+    read_input,
+    redact_uri,
+    unwire_path,
+    write_bytes_atomic,
+)
 from matteforge.tasks.unreadable import read_failure
 
 TRIMAP_DIR = "trimaps"  # Composition-1K's folder name
+
+
+# (phash hex, group_id, split) of one input: its near-duplicate group (flows/groups.py).
+GroupRef = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -90,8 +104,10 @@ class ShardSummary:
 class BackgroundCache:
     """Decoded backgrounds, least-recently-used first out: a shard reuses a bounded set."""
 
-    def __init__(self, loc: Location, refs: list[BackgroundRef], capacity: int = 16) -> None:
+    def __init__(self, loc: Location, refs: list[BackgroundRef], capacity: int = 16,
+                 follow_links_outside: bool = False) -> None:
         self._loc = loc
+        self._follow = follow_links_outside
         self._refs = {r.bg_id: r for r in refs}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._capacity = capacity
@@ -107,7 +123,8 @@ class BackgroundCache:
         if bg_id in self._cache:
             self._cache.move_to_end(bg_id)
             return self._cache[bg_id]
-        decoded = decode_image(read_bytes(self._loc, self._refs[bg_id].source_path))
+        decoded = decode_image(read_input(self._loc, self._refs[bg_id].source_path,
+                                          follow_links_outside=self._follow))
         if decoded.image is None:
             raise ValueError(f"background {bg_id} no longer decodes: {decoded.detail}")
         self._cache[bg_id] = decoded.image
@@ -154,17 +171,21 @@ def process_sample(
     backgrounds: BackgroundCache,
     out: Location,
     kept: dict[str, str] | None = None,
+    group: GroupRef | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One portrait through every stage; never raises for bad input or a failing stage.
 
     ``kept`` (sample_id → source URI of the ok rows made so far in this shard) turns a second
-    copy of the same bytes into a ``duplicate`` row without processing it again.
+    copy of the same bytes into a ``duplicate`` row without processing it again.  ``group``
+    (its near-duplicate group, found before the shards ran) decides the sample's split.
     """
     timer = StageClock(manifest.STAGES)
     with timer("ingest"):
         ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
                               min_side=cfg.ingest.min_side, name=uri)
     row = _base_row(uri, ingest, cfg, seg)
+    if group is not None and ingest.image is not None:
+        row["phash"], row["group_id"], row["split"] = group
     composites: list[dict[str, Any]] = []
     if ingest.image is not None and kept is not None and ingest.sample_id in kept:
         row = duplicate_row(row, kept[ingest.sample_id])
@@ -172,7 +193,7 @@ def process_sample(
         try:
             _run_stages(ingest.image, row, composites, cfg, seg, backgrounds, out, timer)
         except Exception as exc:  # a stage bug must cost one row, not the build
-            row["status"], row["reason"] = "failed", f"{timer.stage}_error"
+            row["status"], row["reason"] = "failed", _stage_failure(exc, timer.stage)
             row["detail"] = f"{type(exc).__name__}: {exc}"[:2000]
             composites = []
             for kind in manifest.ARTIFACTS:
@@ -180,6 +201,15 @@ def process_sample(
     for stage, secs in timer.seconds.items():
         row[f"seconds_{stage}"] = secs
     return row, composites
+
+
+def _stage_failure(exc: Exception, stage: str) -> str:
+    """The reason code of a row a stage failed: the storage's fault, or the stage's."""
+    if isinstance(exc, WriteFailed):
+        return "write_error"
+    if is_transient(exc):  # e.g. a background read that timed out after its retries
+        return "storage_error"
+    return f"{stage}_error"
 
 
 def _run_stages(
@@ -228,7 +258,7 @@ def _make_composites(
     backgrounds: BackgroundCache, out: Location,
 ) -> list[dict[str, Any]]:
     c = cfg.composite
-    split = comp.split_for(sid, cfg.seed, c.test_fraction)
+    split = row.get("split") or comp.split_for(sid, cfg.seed, c.test_fraction)
     row["split"] = split
     count = c.per_foreground_test if split == "test" else c.per_foreground_train
     height, width = alpha8.shape
@@ -274,11 +304,13 @@ def run_shard(
     output_uri: str,
     storage_options: dict[str, dict[str, Any]] | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
+    groups: dict[str, GroupRef] | None = None,
 ) -> ShardSummary:
     """Process every input of one shard, then commit its manifest files (composites first).
 
     ``storage_options`` holds fsspec options per location (``input``, ``backgrounds``,
     ``output``); they come with the task, so a worker on another machine gets them too.
+    ``groups`` maps an input (as listed in ``uris``) to its near-duplicate group and split.
     """
     start = time.perf_counter()
     cfg = BuildConfig.model_validate(cfg_data)
@@ -288,20 +320,23 @@ def run_shard(
                      (("input", input_uri), ("backgrounds", backgrounds_uri),
                       ("output", output_uri)))
     seg = segmenter_for(cfg.segment)
-    cache = BackgroundCache(bgs, bg_refs)
+    cache = BackgroundCache(bgs, bg_refs, follow_links_outside=cfg.ingest.follow_links_outside)
     samples, composites = [], []
     kept: dict[str, str] = {}  # sample_id → source of its ok row (see flows/duplicates.py)
-    for uri in uris:
+    for item in uris:
+        path = unwire_path(item)
+        source = printable(redact_uri(src.url(path)))
         try:
-            data = read_bytes(src, uri, max_bytes=cfg.ingest.max_bytes)
+            data = read_input(src, path, cfg.ingest.max_bytes, cfg.ingest.follow_links_outside)
         except Exception as exc:  # unreadable: record it, keep going
             status, reason, detail = read_failure(exc)
-            row = {"source_uri": redact_uri(src.url(uri)), "status": status,
+            row = {"source_uri": source, "status": status,
                    "reason": reason, "detail": detail, "sample_id": "",
                    **_provenance(cfg, seg)}
             rows: tuple[dict[str, Any], list[dict[str, Any]]] = (row, [])
         else:
-            rows = process_sample(src.url(uri), data, cfg, seg, cache, out, kept)
+            rows = process_sample(source, data, cfg, seg, cache, out, kept,
+                                  (groups or {}).get(item))
             if rows[0]["status"] == "ok":
                 kept.setdefault(rows[0]["sample_id"], rows[0]["source_uri"])
         samples.append(rows[0])

@@ -15,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
+# Exit codes (docs/inputs.md, "Reliability"): 0 done; 1 verify found problems, or a bug;
+# 2 a mistake in the command or config; 3 the build finished but some inputs failed for the
+# machine's reasons (rerun to retry them); 4 another build holds the output's lock;
+# 130/143 interrupted by SIGINT/SIGTERM.
 EXIT_BAD_INPUT = 2
+EXIT_MACHINE_FAILURES = 3
+EXIT_LOCKED = 4
 
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DatasetInvalid(Exception):
@@ -143,11 +153,16 @@ def cmd_composite(args: argparse.Namespace) -> None:
 def _run_build(**params: Any) -> dict[str, Any]:
     # Dask's per-connection INFO lines would bury the progress lines; workers inherit this.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    from matteforge.flows.build import build_dataset
-    from matteforge.prefect_env import prefect_api
+    # Ctrl-C or SIGTERM: stop in order, one line, exit 130/143 (SystemExit, which main() passes
+    # on); and no server or worker outlives this process, even one killed with SIGKILL.
+    from matteforge.interrupt import stoppable
 
-    with prefect_api():
-        return build_dataset(**params)
+    with stoppable():
+        from matteforge.flows.build import build_dataset
+        from matteforge.prefect_env import prefect_api
+
+        with prefect_api():
+            return build_dataset(**params)
 
 
 def _print_summary(summary: dict[str, Any], output: str) -> None:
@@ -182,7 +197,7 @@ def _license_notice(cfg: Any) -> None:
               file=sys.stderr)
 
 
-def _check_build_config(args: argparse.Namespace) -> None:
+def _check_build_config(args: argparse.Namespace) -> Any:
     """Refuse a config the flow would refuse, before a Prefect server and workers start."""
     from pydantic import ValidationError
 
@@ -190,7 +205,7 @@ def _check_build_config(args: argparse.Namespace) -> None:
 
     try:
         cfg = load_config(args.config, input=args.input, output=args.output,
-                          backgrounds=args.backgrounds)
+                          backgrounds=args.backgrounds, **_ingest_flags(args))
         check_locations(cfg)
         check_sources(cfg)
     except ValidationError as exc:
@@ -200,6 +215,32 @@ def _check_build_config(args: argparse.Namespace) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CliError(first) from exc
     _license_notice(cfg)
+    return cfg
+
+
+def _probe_lock(cfg: Any, args: argparse.Namespace) -> None:
+    """Refuse at once, before a server starts, when a live build holds the output's lock.
+
+    The flow takes the lock for real; this is only the early, friendly answer.
+    """
+    from matteforge.config import StorageConfig
+    from matteforge.tasks.lock import OutputLocked, output_lock
+    from matteforge.tasks.storage import locate
+
+    storage = cfg.storage.with_overrides(StorageConfig.model_validate(
+        _storage_flags(args)).model_dump())
+    try:
+        with output_lock(locate(cfg.output, storage.for_location("output", cfg.output))):
+            pass
+    except OutputLocked as exc:
+        raise CliError(str(exc), EXIT_LOCKED) from None
+    except Exception:  # e.g. no credentials yet: the build itself reports what is wrong
+        return
+
+
+def _ingest_flags(args: argparse.Namespace) -> dict[str, Any]:
+    follow = getattr(args, "follow_links_outside", False)
+    return {"ingest.follow_links_outside": True} if follow else {}
 
 
 def build_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,16 +254,42 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
     params = {**{k: v for k, v in given.items() if k not in hidden}, "config": args.config,
               "dask_address": args.dask_address, "n_workers": args.workers,
               "shard_size": args.shard_size, "mode": args.mode,
-              "storage_options": seal_storage(storage) if storage else None}
+              "storage_options": seal_storage(storage) if storage else None,
+              "follow_links_outside": True if args.follow_links_outside else None}
     return {**params, "locations": seal_storage(hidden) if hidden else None}
+
+
+def _locked_build(**params: Any) -> dict[str, Any]:
+    """:func:`_run_build`, with another build's lock on the output as one line, exit 4."""
+    from matteforge.tasks.lock import OutputLocked
+
+    try:
+        return _run_build(**params)
+    except OutputLocked as exc:
+        raise CliError(str(exc), EXIT_LOCKED) from None
+
+
+def _check_machine_failures(summary: dict[str, Any]) -> None:
+    """Exit 3 with one line when inputs failed for the machine's reasons, not their own."""
+    failed = summary.get("machine_failures") or {}
+    if not failed.get("inputs"):
+        return
+    parts = [f"{reason} {n}" for reason, n in sorted(failed.get("by_reason", {}).items())]
+    if shards := failed.get("shards_failed"):
+        lost = sum(s["inputs"] for s in shards)
+        parts.append(f"{len(shards)} shard(s) of {lost} input(s) lost ({shards[0]['error']})")
+    raise CliError(f"{failed['inputs']} input(s) failed for reasons of the machine, not the "
+                   f"input: {'; '.join(parts)}; run the same command again to redo them",
+                   EXIT_MACHINE_FAILURES)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
     from matteforge.tasks.storage import redact_uri
 
-    _check_build_config(args)
-    summary = _run_build(**build_params(args))
+    _probe_lock(_check_build_config(args), args)
+    summary = _locked_build(**build_params(args))
     _print_summary(summary, redact_uri(args.output) if args.output else "(output from config)")
+    _check_machine_failures(summary)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -236,10 +303,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_summary(summary, args.output)
 
 
+def _repair(args: argparse.Namespace) -> None:
+    """Redo exactly what is damaged: an incremental build of the dataset's own recipe and
+    sources (from dataset.json, or the flags) that checks every file's sha256 first."""
+    from matteforge.config import seal_storage
+    from matteforge.verify import recorded_build
+
+    storage = _storage_flags(args)
+    config, sources = recorded_build(args.dataset, storage)
+    config = args.config or config
+    source = {"input": args.input or sources.get("input"),
+              "backgrounds": args.backgrounds or sources.get("backgrounds")}
+    if config is None or not all(source.values()):
+        raise CliError(f"{args.dataset} has no dataset.json to repair from: give --config, "
+                       "--input and --backgrounds as for the build that made it")
+    print(f"repairing {args.dataset}: every file is checked, damaged samples are made again")
+    summary = _locked_build(config=config, output=args.dataset, mode="incremental",
+                            check_hashes=True,
+                            storage_options=seal_storage(storage) if storage else None,
+                            **source)
+    print(f"repaired: {summary['repaired']} sample(s) redone, {summary['quarantined']} "
+          f"manifest file(s) moved to quarantine/, {summary['samples']} input(s) processed")
+    _check_machine_failures(summary)
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     from matteforge.config import StorageConfig
     from matteforge.verify import verify_dataset
 
+    if args.repair:
+        _repair(args)
     options = StorageConfig.model_validate(_storage_flags(args)).for_location("output",
                                                                               args.dataset)
     report = verify_dataset(args.dataset, hashes=not args.no_hash, storage_options=options)
@@ -351,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["incremental", "overwrite", "retry-failed"],
                    help="skip finished inputs; redo all; redo failed ones too (default: from "
                    "the config; incremental without one)")
+    p.add_argument("--follow-links-outside", action="store_true",
+                   help="read symbolic links that lead out of the input or backgrounds folder "
+                   "(default: such a link becomes a row rejected/outside_input, never opened; "
+                   "config ingest.follow_links_outside)")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_build)
 
@@ -363,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a dataset: files, sizes, hashes, counts")
     p.add_argument("dataset", help="dataset root (folder or fsspec URI)")
     p.add_argument("--no-hash", action="store_true", help="check sizes only, not sha256")
+    p.add_argument("--repair", action="store_true",
+                   help="first redo exactly the samples whose files or manifest fail the "
+                   "checks (an incremental build with the recipe and sources in dataset.json; "
+                   "unreadable manifest files are moved to quarantine/), then verify")
+    p.add_argument("--config", help="--repair: the build's config, if not dataset.json's")
+    p.add_argument("--input", help="--repair: the portraits, if not where dataset.json says")
+    p.add_argument("--backgrounds", help="--repair: the backgrounds, if not where "
+                   "dataset.json says")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_verify)
 
@@ -449,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except CliError as exc:
         print(f"matteforge: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.code
     except Exception as exc:  # one line for the user; MATTEFORGE_DEBUG=1 for the traceback
         if os.environ.get("MATTEFORGE_DEBUG"):
             raise

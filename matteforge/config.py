@@ -36,6 +36,9 @@ class IngestConfig(_Section):
         default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"],
         description="Files listed from an input folder; other files are ignored.",
     )
+    follow_links_outside: bool = Field(
+        False, description="Read symbolic links that lead out of the input or backgrounds "
+        "folder; off: such a link is a row rejected/outside_input and is never opened.")
 
 
 class UserModelConfig(_Section):
@@ -161,6 +164,11 @@ class CompositeConfig(_Section):
     per_foreground_train: int = Field(100, ge=0)
     per_foreground_test: int = Field(20, ge=0)
     test_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Test share.")
+    near_duplicate_bits: int | None = Field(
+        10, ge=0, le=32, description="Photos whose perceptual hashes differ in at most this "
+        "many of 64 bits are one group and share a split (frames of one clip); measured: no "
+        "distinct pair of the dev photos within 16 bits (docs/inputs.md). None = only "
+        "identical bytes.")
     mode: Literal["exact", "float"] = Field(
         "exact", description="exact = Adobe's 8-bit truncation; float = rounded."
     )
@@ -351,6 +359,9 @@ class BuildConfig(_Section):
             include={"seed", "ingest", "segment", "trimap", "alpha", "composite", "quality"}
         )
         relevant["segment"].pop("weights_path", None)
+        # Which links are read decides which inputs are processed, not how: planning redoes
+        # the outside_input rows when it is switched on (flows/plan.py).
+        relevant["ingest"].pop("follow_links_outside", None)
         # Where the solve runs changes alphas by < 1e-3, below 8-bit output: not a new dataset.
         relevant["alpha"].pop("device", None)
         blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
@@ -358,12 +369,18 @@ class BuildConfig(_Section):
 
 
 def _where(uri: str) -> tuple[str, str]:
-    """(filesystem, normalised path) of a location, to compare locations without opening them."""
-    protocol = get_protocol(uri)
+    """(filesystem, normalised path) of a location, to compare locations without opening them.
+
+    A chained URL (``simplecache::file:///data``, ``filecache::s3://b/x``, ``dir::...``) reads
+    and writes its innermost location, the last link of the chain, so that is what is compared.
+    Local paths are resolved (``file://``, ``local://``, ``~``, ``..``, symbolic links).
+    """
+    inner = uri.rsplit("::", 1)[-1]
+    protocol = get_protocol(inner)
     if protocol in ("file", "local"):
-        local = uri.split("://", 1)[1] if "://" in uri else uri
+        local = inner.split("://", 1)[1] if "://" in inner else inner
         return "file", os.path.realpath(os.path.expanduser(local))
-    rest = uri.split("://", 1)[1].rsplit("@", 1)[-1] if "://" in uri else uri
+    rest = inner.split("://", 1)[1].rsplit("@", 1)[-1] if "://" in inner else inner
     return {"s3a": "s3", "gcs": "gs", "abfs": "az"}.get(protocol, protocol), \
         posixpath.normpath("/" + rest)
 

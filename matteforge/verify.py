@@ -121,7 +121,8 @@ def _check_counts(meta: dict[str, Any], stats: dict[str, Any], samples: list[dic
 
 
 # Not data files: the manifest and records, the HTML report, evaluation results.
-_BOOKKEEPING = ("manifest/", "dataset.json", STATS_FILE, "report/", "evaluation/")
+_BOOKKEEPING = ("manifest/", "dataset.json", STATS_FILE, "report/", "evaluation/",
+                f"{manifest.QUARANTINE_DIR}/", ".matteforge.lock", "hf/", "README.md")
 
 
 def _unreferenced(sizes: dict[str, int], named: set[str], report: Report, shown: int = 5) -> None:
@@ -145,6 +146,65 @@ def _check_duplicate_rows(samples: list[dict[str, Any]], report: Report) -> None
                                    "which no other row holds")
 
 
+@dataclass
+class Damage:
+    """What an incremental build or ``verify --repair`` must redo to make the dataset whole."""
+
+    sources: set[str] = field(default_factory=set)  # source_uri of sample rows to redo
+    backgrounds: set[str] = field(default_factory=set)  # source_uri of background rows to redo
+    unreadable: list[str] = field(default_factory=list)  # manifest files that do not read
+
+
+def find_damage(out: Location, *, hashes: bool = False) -> Damage:
+    """Rows whose files are missing, of another size or (``hashes``) of other bytes.
+
+    A sample is redone whole when any of its files or composites is damaged, or when it has
+    another number of composite rows than it says (its composites file was lost).  Without
+    ``hashes`` this costs one listing, cheap enough for every incremental build; ``verify
+    --repair`` reads every file.  Unreadable manifest files are listed, not read.
+    """
+    damage = Damage(unreadable=manifest.unreadable_shards(out))
+    sizes = _listing(out)
+    skip = set(damage.unreadable)
+
+    def bad(rel: str | None, size: int | None, digest: str | None) -> bool:
+        if not rel or "://" in rel:
+            return False
+        if rel not in sizes or (size is not None and sizes[rel] != size):
+            return True
+        if hashes and digest:
+            with out.fs.open(out.path(rel), "rb") as fh:
+                return content_hash(fh.read()) != digest
+        return False
+
+    samples = _readable_rows(out, "samples", skip)
+    composites = _readable_rows(out, "composites", skip)
+    holder = {r["sample_id"]: r for r in samples if r["status"] == "ok"}
+    for row in samples:
+        if any(bad(row.get(f"{k}_uri"), row.get(f"{k}_bytes"), row.get(f"{k}_sha256"))
+               for k in manifest.ARTIFACTS):
+            damage.sources.add(row["source_uri"])
+    per_sample = Counter(r["sample_id"] for r in composites)
+    for row in composites:
+        if bad(row["merged_uri"], row["merged_bytes"], row["merged_sha256"]) \
+                and row["sample_id"] in holder:
+            damage.sources.add(holder[row["sample_id"]]["source_uri"])
+    for sid, row in holder.items():
+        if per_sample.get(sid, 0) != (row["n_composites"] or 0):
+            damage.sources.add(row["source_uri"])
+    for row in _readable_rows(out, "backgrounds", skip):
+        if row["status"] == "ok" and bad(row["bg_uri"], row["source_bytes"],
+                                         row["content_sha256"]):
+            damage.backgrounds.add(row["source_uri"])
+    return damage
+
+
+def _readable_rows(out: Location, table: str, skip: set[str]) -> list[dict[str, Any]]:
+    return [r for name, path in manifest.shard_files(out, table).items()
+            if f"manifest/{table}/{name}" not in skip
+            for r in manifest.read_shard(out, path).to_pylist()]
+
+
 def verify_dataset(
     uri: str, *, hashes: bool = True, storage_options: dict[str, Any] | None = None
 ) -> Report:
@@ -161,9 +221,17 @@ def verify_dataset(
                       "dataset.json is missing (the build never finished)")
     stats = _read_json(out, STATS_FILE, report, None)
     _check_commits(meta, check)
-    sample_shards = manifest.read_shards(out, "samples")
+    unreadable = manifest.unreadable_shards(out)
+    for rel in unreadable:
+        report.problems.append(f"{rel} cannot be read (not Parquet: truncated or overwritten); "
+                               "`matteforge verify --repair` moves it aside and redoes its "
+                               "samples")
+    skip = set(unreadable)
+    sample_shards = {name: manifest.read_shard(out, path)
+                     for name, path in manifest.shard_files(out, "samples").items()
+                     if f"manifest/samples/{name}" not in skip}
     samples = [r for t in sample_shards.values() for r in t.to_pylist()]
-    composites = manifest.read_table(out, "composites").to_pylist()
+    composites = _readable_rows(out, "composites", skip)
     _duplicates([r["source_uri"] for r in samples], "sample source", report)
     _duplicates([r["composite_id"] for r in composites], "composite", report)
     _check_duplicate_rows(samples, report)
@@ -189,10 +257,24 @@ def verify_dataset(
             report.problems.append(f"sample {sid}: {per_sample.get(sid, 0)} composite rows, "
                                    f"n_composites says {row['n_composites']}")
     _check_counts(meta, stats, samples, len(composites), set(sample_shards), report)
-    backgrounds = manifest.read_table(out, "backgrounds").to_pylist()
+    backgrounds = _readable_rows(out, "backgrounds", skip)
     named = {row.get(f"{kind}_uri") for row in samples for kind in manifest.ARTIFACTS}
     named |= {row.get(key) for row in composites for key in ("merged_uri", "bg_uri")}
     named |= {row.get("bg_uri") for row in backgrounds}
     _unreferenced(check.sizes, {n for n in named if n}, report)
     return report
 
+
+
+def recorded_build(uri: str, storage: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """(config, sources) that dataset.json records, to build the dataset again; (None, {})
+    without one.  The config comes back without locations, as it was recorded."""
+    from matteforge.config import StorageConfig
+
+    options = StorageConfig.model_validate(storage or {}).for_location("output", uri)
+    out = locate(uri, options)
+    meta = _read_json(out, "dataset.json", Report(), None)
+    if not meta:
+        return None, {}
+    return meta.get("config"), dict(meta.get("sources") or {})

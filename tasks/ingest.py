@@ -47,10 +47,8 @@ def content_hash(data: bytes) -> str:
 
 def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
     """Any Pillow mode → HxWx3 uint8, keeping 16-bit precision by scaling rather than clipping."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im).astype(np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        gray = _scale_to_8bit(np.asarray(im), im.mode, notes)
         notes.append(f"converted_from:{im.mode}")
         return np.repeat(gray[:, :, None], 3, axis=2)
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -63,6 +61,33 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append(f"converted_from:{im.mode}")
         im = im.convert("RGBA").convert("RGB") if has_alpha else im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+# The ranges single-channel data is read in, smallest first: the first that holds every value
+# is taken as the file's full scale (a float TIFF in 0..1, 8-bit values stored as 32-bit, ...).
+_RANGES = ((1.0, "0..1"), (255.0, "0..255"), (65535.0, "0..65535"))
+
+
+def _scale_to_8bit(arr: np.ndarray, mode: str, notes: list[str]) -> np.ndarray:
+    """Grey data of any depth → uint8, by the range the data is in, said in ``notes``.
+
+    The mode alone does not tell the scale: a float TIFF usually holds 0..1, a 32-bit integer
+    file may hold 8- or 16-bit values.  16-bit modes are 0..65535 by definition.  Data beyond
+    0..65535 (or negative) is stretched from its minimum to its maximum; NaN counts as 0.
+    """
+    data = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        top, label = 65535.0, "0..65535"
+    elif low < 0 or high > 65535.0:
+        data, top = data - low, max(high - low, 1e-12)
+        label = f"{low:g}..{high:g}"
+    else:
+        is_float = mode == "F"
+        top, label = next(((t, n) for t, n in _RANGES if high <= t and (is_float or t > 1.0)),
+                          _RANGES[-1])
+    notes.append(f"scaled_from:{label}")
+    return np.clip(np.rint(data * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
 def _extension_note(name: str | None, fmt: str) -> str | None:

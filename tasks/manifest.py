@@ -14,12 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matteforge.tasks.storage import Location, read_bytes, refresh, write_bytes_atomic
+from matteforge.tasks.storage import (
+    Location,
+    printable,
+    read_bytes,
+    refresh,
+    write_bytes_atomic,
+)
 
 SCHEMA_VERSION = "1"
 # alpha_model: the segmenter's probability map as 8-bit, kept so a better matting stage can
@@ -61,7 +68,11 @@ SAMPLES_SCHEMA = pa.schema(
         _field("reason", pa.string(), "machine-readable reason code when status != ok"),
         _field("detail", pa.string(), "human-readable explanation"),
         _field("notes", pa.string(), "comma-separated ingest notes (conversions, frames)"),
-        _field("split", pa.string(), "train | test (stable per sample and seed)"),
+        _field("split", pa.string(), "train | test (stable per near-duplicate group and seed)"),
+        _field("phash", pa.string(), "64-bit DCT perceptual hash, 16 hex digits "
+               "(tasks/near_duplicates.py)"),
+        _field("group_id", pa.string(), "near-duplicate group: the sample_id that founded it; "
+               "a group shares one split"),
         _field("width", pa.int32(), "image width after EXIF orientation"),
         _field("height", pa.int32(), "image height after EXIF orientation"),
         *_artifact_fields(),
@@ -146,10 +157,18 @@ def _with_metadata(schema: pa.Schema, table: str, extra: dict[str, str] | None) 
 def to_table(
     rows: list[dict[str, Any]], table: str, metadata: dict[str, str] | None = None
 ) -> pa.Table:
-    """Rows → Arrow table with the table's schema; missing keys become nulls."""
+    """Rows → Arrow table with the table's schema; missing keys become nulls.
+
+    Text is made valid UTF-8 (:func:`~matteforge.tasks.storage.printable`): a file name's
+    undecodable bytes reach rows through paths and error messages.
+    """
     schema = TABLES[table]
-    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    columns = {f.name: [_text(row.get(f.name)) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=_with_metadata(schema, table, metadata))
+
+
+def _text(value: Any) -> Any:
+    return printable(value) if isinstance(value, str) else value
 
 
 def shard_key(paths: list[str], config_hash: str) -> str:
@@ -185,6 +204,10 @@ def shard_files(loc: Location, table: str) -> dict[str, str]:
     return {n: found[n] for n in sorted(found) if n.startswith("shard-") and n.endswith(".parquet")}
 
 
+class CorruptShard(ValueError):
+    """A committed manifest file that is not readable Parquet (truncated, overwritten)."""
+
+
 def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
     """Committed shard files of one table by file name (temporary files are skipped).
 
@@ -194,10 +217,45 @@ def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
     ("terminate called without an active exception", exit 134), ``matteforge verify``
     included, and `read_table(use_threads=False)` still did, rarely, under load (its dataset
     scanner leaves work on arrow's pools, apache/arrow#33975). A shard is a few KB, so threads
-    gain nothing.
+    gain nothing.  A file that is not Parquet raises :class:`CorruptShard` naming it.
     """
-    return {name: pq.ParquetFile(pa.BufferReader(read_bytes(loc, path))).read(use_threads=False)
-            for name, path in shard_files(loc, table).items()}
+    return {name: read_shard(loc, path) for name, path in shard_files(loc, table).items()}
+
+
+def read_shard(loc: Location, path: str) -> pa.Table:
+    data = read_bytes(loc, path)
+    try:
+        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptShard(f"{path} is not a readable manifest file ({len(data)} bytes: "
+                           f"{exc}); `matteforge verify --repair` moves it aside and redoes "
+                           "its samples") from exc
+
+
+def unreadable_shards(loc: Location) -> list[str]:
+    """Paths (relative to the root) of committed manifest files that do not read."""
+    bad = []
+    for table in TABLES:
+        for name, path in shard_files(loc, table).items():
+            try:
+                read_shard(loc, path)
+            except CorruptShard:
+                bad.append(f"manifest/{table}/{name}")
+    return bad
+
+
+QUARANTINE_DIR = "quarantine"
+
+
+def quarantine(loc: Location, rel: str) -> str:
+    """Move a damaged dataset file to ``quarantine/<rel>.<n>``, out of every reader's way."""
+    target = f"{QUARANTINE_DIR}/{rel}"
+    n = 0
+    while loc.fs.exists(loc.path(f"{target}.{n}")):
+        n += 1
+    loc.fs.makedirs(loc.path(posixpath.dirname(target)), exist_ok=True)
+    loc.fs.mv(loc.path(rel), loc.path(f"{target}.{n}"))
+    return f"{target}.{n}"
 
 
 def read_table(loc: Location, table: str) -> pa.Table:

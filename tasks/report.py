@@ -16,9 +16,11 @@ import hashlib
 import html
 import json
 import math
+import os
 import posixpath
 import random
 import re
+import stat
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from matteforge.tasks.codec import encode
-from matteforge.tasks.ingest import decode_image
+from matteforge.tasks.ingest import content_hash, decode_image
 from matteforge.tasks.manifest import STAGES, STATS_FILE, read_table
 from matteforge.tasks.storage import Location, read_bytes, refresh, write_bytes_atomic
 
@@ -288,17 +290,23 @@ class _Thumbnailer:
     def artifact(self, rel: str) -> np.ndarray:
         return _decode_artifact(read_bytes(self.out, self.out.path(rel)))
 
-    def source(self, uri: str) -> np.ndarray:
+    def source(self, uri: str, sha256: str) -> np.ndarray:
         """The source photo, opened best-effort with fsspec (it may be remote or gone).
 
-        After a failure other than a missing file (no credentials, no such filesystem, no
-        network) the protocol is not tried again, so a report never waits once per row.
+        Only sources the build itself read (``sha256`` is their hash) are opened, and only a
+        regular file with those very bytes is shown: a link the build refused, or one changed
+        since, is never read for a thumbnail.  After a failure other than a missing file (no
+        credentials, no such filesystem, no network) the protocol is not tried again, so a
+        report never waits once per row.
         """
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         if protocol in self._dead_protocols:
             raise OSError(f"{protocol}:// sources could not be opened earlier in this report")
         try:
             fs, path = fsspec.core.url_to_fs(uri, **(self.source_options or {}))
+            if fs.info(path).get("type") != "file" or (
+                    protocol == "file" and not stat.S_ISREG(os.stat(path).st_mode)):
+                raise ValueError("not a regular file")
             size = fs.size(path)
             if size is not None and size > _MAX_SOURCE_BYTES:
                 raise ValueError(f"source is {size} bytes, too large for a thumbnail")
@@ -309,6 +317,8 @@ class _Thumbnailer:
         except Exception:
             self._dead_protocols.add(protocol)
             raise
+        if content_hash(data) != sha256:
+            raise ValueError("the source has changed since the build read it")
         decoded = decode_image(data, max_pixels=_MAX_SOURCE_PIXELS)
         if decoded.image is None:
             raise ValueError(decoded.detail or decoded.reason)
@@ -538,9 +548,9 @@ def _sheet_row(row: dict[str, Any], merged: dict[str, tuple[str, str]],
             else:
                 cells.append(_placeholder(f"no {kind}"))
     else:
-        source = row.get("source_uri") or ""
-        cells.append(_cell(thumbs, f"{key}_source", lambda: thumbs.source(source), "source")
-                     if source else _placeholder("no source"))
+        source, sha = row.get("source_uri") or "", row.get("content_sha256") or ""
+        cells.append(_cell(thumbs, f"{key}_source", lambda: thumbs.source(source, sha),
+                           "source") if source and sha else _placeholder("not read"))
         cells += [_placeholder("—") for _ in SHEET_COLUMNS[1:]]
     return f"<tr>{''.join(cells)}</tr>"
 

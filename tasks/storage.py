@@ -13,8 +13,12 @@ reader never sees half a file and a manifest never names a file that was not com
 
 from __future__ import annotations
 
+import base64
+import errno
+import os
 import posixpath
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -66,44 +70,157 @@ def locate(
 def list_file_sizes(
     loc: Location, extensions: list[str] | None = None
 ) -> list[tuple[str, int | None]]:
-    """(path, size) of every file under ``loc`` (recursively), sorted, filtered by suffix.
+    """(path, size) of every input under ``loc`` (recursively), sorted, filtered by suffix.
 
     A root that is itself a file lists as that one file, so ``--input photo.jpg`` works.
     Directories are walked, never listed, even when named like an image (``x.jpg/``).
-    Symbolic links (local disks) are listed by what they point at, see :func:`_link_target`.
+    On a local disk (:func:`_walk_local`) nothing the walk meets is dropped in silence: a folder
+    it cannot enter is listed as an entry of its own, and a link, a special file or a path too
+    long to open is listed with an unknown size, so that reading it fails and the failure
+    becomes a manifest row (see :func:`read_input`).
     """
+    if is_local(loc):
+        return _walk_local(loc.root, extensions)
     if loc.fs.isfile(loc.root):
         entries = {loc.root: loc.fs.info(loc.root)}
     else:
         entries = loc.fs.find(loc.root, detail=True)
-    if extensions is not None:
-        wanted = {e.lower() for e in extensions}
-        entries = {p: i for p, i in entries.items() if posixpath.splitext(p)[1].lower() in wanted}
-    found: dict[str, dict[str, Any]] = {}
-    for path, info in entries.items():
-        if info.get("islink") and info.get("type") != "file":
-            info = _link_target(loc, path)
-        if info is not None and info.get("type") == "file":
-            found[path] = info
-    return [(p, found[p].get("size")) for p in sorted(found)]
+    entries = {p: i for p, i in entries.items() if _wanted(p, extensions)}
+    return sorted((p, i.get("size")) for p, i in entries.items() if i.get("type") == "file")
 
 
-def _link_target(loc: Location, path: str) -> dict[str, Any] | None:
-    """What a symbolic link stands for in a listing: its file, nothing, or an unreadable file.
+def _wanted(path: str, extensions: list[str] | None) -> bool:
+    return extensions is None or posixpath.splitext(path)[1].lower() in {
+        e.lower() for e in extensions}
 
-    A link to a file lists as that file.  A link to a directory is not followed (a link to
-    ``..`` would loop forever).  A broken link or a loop of links lists with an unknown size,
-    so reading it fails and the failure becomes a manifest row instead of a silent omission.
+
+def _walk_local(root: str, extensions: list[str] | None) -> list[tuple[str, int | None]]:
+    """The local listing: regular files with their size; everything else that could be an
+    input with ``None``.
+
+    * a folder the walk cannot open (no permission, a path over PATH_MAX) is listed itself,
+      whatever its name, so the build records it instead of losing what it holds;
+    * a symbolic link is listed by what it points at: a file with its size (whether it may be
+      read is decided at read time), nothing for a directory (``up -> ..`` would loop forever),
+      unknown for a broken link or a loop;
+    * a FIFO, socket or device named like an image is listed so it gets a row; it is never
+      opened.
     """
+    found: list[tuple[str, int | None]] = []
     try:
-        target = loc.fs.info(path)
-    except OSError:  # FileNotFoundError (broken) or ELOOP (a loop of links)
-        return {"type": "file", "size": None}
-    return target if target.get("type") == "file" else None
+        top = os.lstat(root)
+    except OSError:
+        return [(root, None)]  # gone, or not ours to see: reading it says why
+    if not stat.S_ISDIR(top.st_mode):
+        if stat.S_ISLNK(top.st_mode) and os.path.isdir(root):
+            return _walk_local(os.path.realpath(root), extensions)
+        return [(root, top.st_size if stat.S_ISREG(top.st_mode) else None)]
+
+    def unreadable(exc: OSError) -> None:
+        found.append((exc.filename if isinstance(exc.filename, str) else root, None))
+
+    for folder, subfolders, names in os.walk(root, onerror=unreadable):
+        for name in subfolders:  # os.walk lists links to folders here: not followed
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not os.path.exists(path) and _wanted(path, extensions):
+                found.append((path, None))  # a broken link or a loop: a row, not a folder
+        for name in names:
+            path = os.path.join(folder, name)
+            if not _wanted(path, extensions):
+                continue
+            try:
+                info = os.lstat(path)
+            except OSError:  # ENAMETOOLONG and friends: the read will say which
+                found.append((path, None))
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                try:
+                    info = os.stat(path)  # what it points at (stat opens nothing)
+                except OSError:  # broken, a loop: the read says which
+                    found.append((path, None))
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    continue
+            found.append((path, info.st_size if stat.S_ISREG(info.st_mode) else None))
+    return sorted(set(found))
 
 
 def list_files(loc: Location, extensions: list[str] | None = None) -> list[str]:
     return [path for path, _ in list_file_sizes(loc, extensions)]
+
+
+class OutsideInput(PermissionError):
+    """A symbolic link that leads out of the location it was listed in: never opened."""
+
+
+class UnlistableFolder(IsADirectoryError):
+    """A folder the listing could not walk into, listed so that it gets a row."""
+
+
+class NotRegularFile(OSError):
+    """A FIFO, socket, device or kernel pseudo-file: never opened (it may block or leak)."""
+
+
+# Kernel pseudo-filesystems: their files look regular but are views of the running system.
+_PSEUDO = ("/proc/", "/sys/", "/dev/")
+
+
+def read_input(
+    loc: Location, path: str, max_bytes: int | None = None, follow_links_outside: bool = False
+) -> bytes:
+    """Read one listed input (a portrait, a background) without reading anything else.
+
+    On a local disk the file must resolve inside ``loc.root`` (unless
+    ``follow_links_outside``), must be a regular file and not a kernel pseudo-file; all of
+    that is decided from ``stat`` before the file is opened, then checked again on the open
+    descriptor, so neither a link to ``/etc/passwd`` nor a FIFO is ever opened.  Other
+    filesystems have no links and no special files: :func:`read_bytes`.
+    """
+    if not is_local(loc):
+        return read_bytes(loc, path, max_bytes)
+    return with_retries(lambda: _read_local_input(loc, path, max_bytes, follow_links_outside),
+                        loc.retry)
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+def _read_local_input(
+    loc: Location, path: str, max_bytes: int | None, follow_outside: bool
+) -> bytes:
+    real = os.path.realpath(path)
+    root = os.path.realpath(loc.root)
+    if not follow_outside and not _inside(real, root):
+        raise OutsideInput(errno.EACCES, f"a symbolic link to {real}, outside the input "
+                           f"{root}; not read (set input.follow_links_outside to allow)", path)
+    if real.startswith(_PSEUDO) and not _inside(real, root):
+        raise NotRegularFile(errno.EINVAL, f"{real} is a kernel pseudo-file", path)
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise UnlistableFolder(errno.EISDIR, "a folder the build could not list", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFile(errno.EINVAL, f"a {_kind(info.st_mode)}, not a regular file", path)
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise FileTooLarge(f"file is {info.st_size} bytes, over the limit of {max_bytes}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+                info.st_dev, info.st_ino):
+            raise NotRegularFile(errno.EINVAL, "the file changed while it was opened", path)
+        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise FileTooLarge(f"file is over the limit of {max_bytes} bytes")
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 class FileTooLarge(ValueError):
@@ -146,8 +263,22 @@ def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
 
     Transient errors are retried per ``loc.retry``: each attempt is a whole atomic write (a new
     temporary name), so a failed attempt leaves at most a temporary file, never half a file.
+    An error that outlasts the retries is raised as :class:`WriteFailed`.
     """
-    with_retries(lambda: _write_once(loc, path, data), loc.retry)
+    try:
+        with_retries(lambda: _write_once(loc, path, data), loc.retry)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(exc.errno, f"could not write {path}: {exc.strerror or exc}") from exc
+
+
+class WriteFailed(OSError):
+    """A write the storage refused or lost (a full disk, a timeout, a store that is down).
+
+    The machine's failure, not the input's: rows that meet it are ``write_error``, which the
+    next incremental build redoes and which make the build exit non-zero.
+    """
 
 
 def _write_once(loc: Location, path: str, data: bytes) -> None:
@@ -184,3 +315,41 @@ def refresh(loc: Location, path: str | None = None) -> None:
     ``ls`` from them, which would hide shards committed by workers since the last listing.
     """
     loc.fs.invalidate_cache(path)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes a file name holds that are not UTF-8 become ``\\xNN``.
+
+    Linux allows any bytes in a name; Python hands them over as lone surrogates, which Parquet,
+    JSON and logs refuse.  The form is stable, so a rerun keys the same row on it.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from undecodable bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+_WIRE = "b64:"  # no listed path starts so: local ones start with "/", bucket names hold no ":"
+
+
+def wire_path(path: str) -> str:
+    """A listed path as plain UTF-8 text, to travel in flow parameters and shard keys.
+
+    Valid UTF-8 paths travel as they are; others as base64 of their bytes, so the worker
+    opens exactly the file that was listed.  :func:`unwire_path` undoes it.
+    """
+    if printable(path) == path:
+        return path
+    return _WIRE + base64.urlsafe_b64encode(path.encode("utf-8", "surrogateescape")).decode()
+
+
+def unwire_path(text: str) -> str:
+    if not text.startswith(_WIRE):
+        return text
+    return base64.urlsafe_b64decode(text[len(_WIRE):]).decode("utf-8", "surrogateescape")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -131,6 +132,59 @@ def _file_system_kinds(folder: Path, portrait_bytes: bytes) -> None:
     (folder / "portrait copy.png").write_bytes(portrait_bytes)  # same bytes, same shard
 
 
+# The hostile round (docs/inputs.md): name → (status, reason, note) when the build runs without
+# the capabilities that let root read any file (else "locked/" is listed and read like any).
+BAD_NAME = os.fsdecode(b"caf\xe9\xff portrait.png")
+HOSTILE = {
+    "caf\\xe9\\xff portrait.png": ("ok", "", ""),
+    "float-0-1.tif": ("ok", "", "scaled_from:0..1"),
+    "int32.tif": ("ok", "", "scaled_from:0..255"),
+    "secret.jpg": ("rejected", "outside_input", ""),
+    "elsewhere.png": ("rejected", "outside_input", ""),
+    "environ.jpg": ("rejected", "outside_input", ""),
+    "pipe.jpg": ("rejected", "not_a_regular_file", ""),
+    "locked": ("failed", "unreadable_folder", ""),
+}
+# Opened through their links (inputs/secret.jpg ...) or directly: neither may appear.  Other
+# programs may read their own /proc/self/environ; only the input's link to it matters.
+NEVER_OPENED = ("outside/secret.txt", "outside/photo.png", "inputs/secret.jpg",
+                "inputs/elsewhere.png", "inputs/environ.jpg", "inputs/pipe.jpg")
+
+
+def _hostile_kinds(folder: Path, outside: Path, portrait: np.ndarray) -> Path:
+    """Kinds that an attacker or an unlucky collection brings; returns the folder past PATH_MAX.
+
+    Everything outside ``folder`` that its links point at must never be opened.
+    """
+    (folder / BAD_NAME).write_bytes(encode(Image.fromarray(portrait[8:]), "PNG"))
+    grey = portrait.mean(axis=2)
+    (folder / "float-0-1.tif").write_bytes(
+        encode(Image.fromarray((grey / 255.0).astype(np.float32)), "TIFF"))
+    (folder / "int32.tif").write_bytes(
+        encode(Image.fromarray(np.rot90(grey).astype(np.int32)), "TIFF"))
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_text("PLANTED-OUTSIDE-SECRET\n")
+    (outside / "photo.png").write_bytes(encode(Image.fromarray(portrait[::-1]), "PNG"))
+    os.symlink(outside / "secret.txt", folder / "secret.jpg")
+    os.symlink(outside / "photo.png", folder / "elsewhere.png")
+    os.symlink("/proc/self/environ", folder / "environ.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "locked").mkdir()
+    (folder / "locked" / "hidden.png").write_bytes(encode(Image.fromarray(portrait), "PNG"))
+    (folder / "locked").chmod(0)
+    name, depth = "d" * 200, 22
+    fd = os.open(folder, os.O_RDONLY)
+    for _ in range(depth):  # made relative to open folders: the full path is over PATH_MAX
+        os.mkdir(name, dir_fd=fd)
+        inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    with open(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "wb") as fh:
+        fh.write(encode(Image.fromarray(portrait), "PNG"))
+    os.close(fd)
+    return folder.joinpath(*[name] * depth)
+
+
 def test_listing_walks_folders_follows_file_links_and_keeps_broken_ones(tmp_path, portrait):
     _file_system_kinds(tmp_path, encode(Image.fromarray(portrait), "PNG"))
     listed = dict(list_file_sizes(locate(str(tmp_path)), INGEST.extensions))
@@ -238,8 +292,13 @@ def _backgrounds(folder: Path, coffee: np.ndarray) -> None:
 
 
 def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")
-            if not any(p == s or s in p.parents for s in skip)}
+    found = {}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if Path(folder, d) not in skip]
+        for name in names:
+            info = os.lstat(os.path.join(folder, name))
+            found[os.path.join(folder, name)] = (info.st_size, info.st_mtime_ns)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -251,23 +310,46 @@ def bad_build(tmp_path_factory, portrait, astronaut, coffee) -> dict:
     _file_system_kinds(inputs, encode(Image.fromarray(good), "PNG"))
     (inputs / "cup.png").write_bytes(encode(Image.fromarray(coffee).resize((240, 160)), "PNG"))
     _backgrounds(backgrounds, coffee)
+    deep = _hostile_kinds(inputs, root / "outside", good)
     (root / "config.yaml").write_text(_CONFIG)
     home = root / "prefect-home"
-    before = _snapshot(root, (out, home))
+    before = _snapshot(root, (out, home, inputs / "locked", inputs / ("d" * 200)))
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "matteforge.cli", "build", "--config", str(root / "config.yaml"),
-         "--input", str(inputs), "--backgrounds", str(backgrounds), "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=900)
+    build = [sys.executable, "-m", "matteforge.cli", "build", "--config",
+             str(root / "config.yaml"), "--input", str(inputs), "--backgrounds",
+             str(backgrounds), "--output", str(out)]
+    trace = tmp_path_factory.mktemp("strace") / "openat.log"
+    command, unprivileged = _hostile_wrapper(build, trace)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+    finally:
+        (inputs / "locked").chmod(0o755)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     verify = subprocess.run([sys.executable, "-m", "matteforge.cli", "verify", str(out)],
                             capture_output=True, text=True, env=env, timeout=300)
     return {"out": out, "inputs": inputs, "catalogue": catalogue, "portrait": portrait,
-            "verify": verify, "changed": before != _snapshot(root, (out, home)),
+            "verify": verify, "deep": deep, "unprivileged": unprivileged,
+            "trace": trace.read_text(errors="replace") if trace.exists() else None,
+            "changed": before != _snapshot(root, (out, home, inputs / "locked",
+                                                  inputs / ("d" * 200))),
             "samples": pd.read_parquet(out / "manifest/samples"),
             "composites": pd.read_parquet(out / "manifest/composites"),
             "backgrounds": pd.read_parquet(out / "manifest/backgrounds")}
+
+
+def _hostile_wrapper(build: list[str], trace: Path) -> tuple[list[str], bool]:
+    """The build under strace (every openat of every process logged) and, when running as
+    root, without the capabilities that let root read a mode-000 folder."""
+    command, unprivileged = build, os.geteuid() != 0
+    if os.geteuid() == 0 and shutil.which("capsh"):
+        command = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c",
+                   'exec "$0" "$@"', *command]
+        unprivileged = True
+    if shutil.which("strace"):
+        command = ["strace", "-f", "-qq", "-e", "trace=openat,open,openat2", "-o", str(trace),
+                   *command]
+    return command, unprivileged
 
 
 def _by_name(build: dict) -> dict[str, dict]:
@@ -281,6 +363,9 @@ def test_every_listed_input_is_one_row_and_verify_passes(bad_build):
     expected = {p.name for p in bad_build["catalogue"].values()} | {
         "portrait.png", "Zoë Ünïcødé 写真 portrait.png", "gone.jpg", "loop-a.jpg", "loop-b.jpg",
         "linked.png", "z/portrait.png", "portrait copy.png", "cup.png"}
+    expected |= set(HOSTILE) | {str(bad_build["deep"].parent.relative_to(bad_build["inputs"]))}
+    if not bad_build["unprivileged"]:
+        expected = (expected - {"locked"}) | {"locked/hidden.png"}
     assert sorted(rows) == sorted(expected)  # each once; no folder, no .txt, no link to a folder
     assert len(bad_build["samples"]) == len(expected)
     assert bad_build["verify"].returncode == 0, bad_build["verify"].stdout
@@ -294,6 +379,25 @@ def test_each_kind_ends_as_its_status_and_reason(bad_build, item: Kind):
     assert (row["status"], row["reason"]) == (item.status, item.reason), row["detail"]
     assert not item.note or item.note in row["notes"]
     assert row["status"] == "ok" or row["detail"]
+
+
+@pytest.mark.slow
+def test_hostile_kinds_end_as_their_rows_and_nothing_outside_is_opened(bad_build):
+    rows = _by_name(bad_build)
+    for name, (status, reason, note) in HOSTILE.items():
+        if name == "locked" and not bad_build["unprivileged"]:
+            continue
+        row = rows[name]
+        assert (row["status"], row["reason"]) == (status, reason), (name, row["detail"])
+        assert note in (row["notes"] if isinstance(row["notes"], str) else "")
+    deep = rows[str(bad_build["deep"].parent.relative_to(bad_build["inputs"]))]
+    assert (deep["status"], deep["reason"]) == ("failed", "path_too_long")
+    assert "PLANTED" not in bad_build["samples"].to_json()
+    if bad_build["trace"] is None:
+        pytest.skip("strace is not installed: the opened files could not be checked")
+    opened = [line for line in bad_build["trace"].splitlines()
+              if any(name in line for name in NEVER_OPENED)]
+    assert opened == []
 
 
 @pytest.mark.slow

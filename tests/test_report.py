@@ -3,7 +3,7 @@
 The dataset is built once per module with :func:`run_shard` (no Prefect): two P3M portraits
 (accepted), a landscape photo with markup characters in its name (rejected: no person) and a
 corrupt file (failed).  The Chromium test loads the pages in the Debian ``chromium`` browser
-(``make setup`` installs it) through Playwright.
+(``make test-setup`` installs it, with ``--no-upgrade``) through Playwright.
 """
 
 from __future__ import annotations
@@ -262,7 +262,8 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         if path := shutil.which(name):
             return path
-    pytest.skip("no chromium on PATH: `make setup` installs Debian's chromium package")
+    pytest.skip("no chromium on PATH: `make test-setup` installs Debian's chromium package "
+                "(--no-upgrade)")
 
 
 @pytest.mark.slow

