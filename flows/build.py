@@ -38,7 +38,9 @@ from matteforge.config import (
 from matteforge.flows.backgrounds import index_backgrounds
 from matteforge.flows.duplicates import resolve_duplicates
 from matteforge.flows.groups import fingerprint_inputs, group_inputs
-from matteforge.flows.plan import InputFile, plan_build, stale_rows
+from matteforge.flows.plan import stale_rows
+from matteforge.flows.preview import check_not_empty, list_inputs, plan_inputs
+from matteforge.flows.progress import emit
 from matteforge.flows.shard import BackgroundRef, GroupRef, ShardSummary, run_shard
 from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
 from matteforge.tasks import manifest
@@ -52,7 +54,6 @@ from matteforge.tasks.storage import (
     clear_temporary,
     list_file_sizes,
     locate,
-    printable,
     redact_uri,
     wire_path,
     write_bytes_atomic,
@@ -143,9 +144,13 @@ def index_backgrounds_task(
 
 def _progress_line(done: int, total: int, images: int, n_images: int, counts: dict[str, int],
                    started: float) -> str:
-    rate = images / max(time.perf_counter() - started, 1e-9)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    rate = images / elapsed
+    eta = (n_images - images) / rate if rate > 0 else None
+    left = "—" if eta is None else f"{eta / 60:.0f} min" if eta >= 120 else f"{eta:.0f} s"
     parts = " · ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    return f"shards {done}/{total} · images {images}/{n_images} · {rate:.2f} img/s · {parts}"
+    return (f"shards {done}/{total} · images {images}/{n_images} · {rate:.2f} img/s · "
+            f"ETA {left} · {parts}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,8 @@ def process_shards(
         images = sum(counts.values())
         logger.info(_progress_line(len(summaries) + len(failures), len(shards), images,
                                    n_images, counts, started))
+        emit("shard", shards_done=len(summaries) + len(failures), shards=len(shards),
+             images=images, images_total=n_images, counts=dict(counts))
     return sorted(summaries, key=lambda s: s.shard), sorted(failures, key=lambda f: f.shard)
 
 
@@ -399,6 +406,8 @@ def build_dataset(
     locations: SecretStr | None = None,
     check_hashes: bool = False,
     follow_links_outside: bool | None = None,
+    limit: int | None = None,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """Portraits → masks, trimaps, alphas, foregrounds, composites and Parquet manifests.
 
@@ -408,8 +417,9 @@ def build_dataset(
     ``locations`` carries location URIs that hold credentials (``https://user:pw@...``), sealed
     the same way and winning over ``input``/``backgrounds``/``output``: Prefect keeps plain flow
     parameters in its database.  ``check_hashes`` reads every file of the dataset to find
-    damage (``verify --repair``); without it damage is found by size.  Returns the summary
-    also written to ``dataset.json``.
+    damage (``verify --repair``); without it damage is found by size.  ``limit`` builds only
+    the first inputs (sorted); an input with no image is an error unless ``allow_empty``.
+    Returns the summary also written to ``dataset.json``.
     """
     started = time.perf_counter()
     hidden = unseal_storage(locations)
@@ -435,7 +445,8 @@ def build_dataset(
         if held.took_over:
             logger.warning("took over the lock of a build that is gone: %s",
                            json.dumps(held.took_over, sort_keys=True))
-        return _build(cfg, seg, opts, sealed, out, started, check_hashes, held)
+        return _build(cfg, seg, opts, sealed, out, started, check_hashes, held, limit,
+                      allow_empty)
 
 
 def _still_ours(held: LockInfo) -> None:
@@ -447,7 +458,8 @@ def _still_ours(held: LockInfo) -> None:
 
 
 def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, out: Location,
-           started: float, check_hashes: bool, held: LockInfo) -> dict[str, Any]:
+           started: float, check_hashes: bool, held: LockInfo, limit: int | None,
+           allow_empty: bool) -> dict[str, Any]:
     """The build's steps, run while this build holds the output's lock."""
     assert cfg.input and cfg.backgrounds
     logger = get_run_logger()
@@ -463,22 +475,15 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
                        "done again", len(damage.sources), len(damage.backgrounds))
     config_hash = cfg.config_hash()
     src = locate(cfg.input, opts["input"], cfg.run.io_retry())
-    listing = [InputFile(path, printable(redact_uri(src.url(path))), size)
-               for path, size in list_file_sizes(src, cfg.ingest.extensions)]
+    listing = list_inputs(cfg, src, limit)
     old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
-    stale = stale_rows(old, config_hash, seg.weights_sha256)
-    existing = {r["source_uri"]: r for name, rows in old.items() for r in rows
-                if (name, r["source_uri"]) not in stale}
-    redo_reasons = MACHINE_REASONS | ({"outside_input"} if cfg.ingest.follow_links_outside
-                                      else set())
-    plan = plan_build(listing, existing, cfg.run.mode, config_hash, seg.weights_sha256,
-                      redo=damage.sources, redo_reasons=redo_reasons)
+    plan = plan_inputs(cfg, listing, old, seg.weights_sha256, damage)
     logger.info("%d input files: %d to process, %d already done (mode %s), shards of %d",
                 len(listing), len(plan.todo), plan.skipped, cfg.run.mode, cfg.run.shard_size)
+    emit("plan", inputs=len(listing), todo=len(plan.todo), skipped=plan.skipped)
     bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed,
                                      sorted(damage.backgrounds))
-    if not bg_refs:
-        logger.warning("no usable backgrounds: samples are processed but get no composites")
+    check_not_empty(cfg, listing, len(bg_refs), allow_empty)
     shards = _shards([f.path for f in plan.todo], cfg.run.shard_size, config_hash)
     summaries: list[ShardSummary] = []
     failures: list[ShardFailure] = []
@@ -512,6 +517,7 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
                  summary, source_options=opts["input"])
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
+    emit("done", summary=summary)
     return summary
 
 

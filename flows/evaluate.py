@@ -144,18 +144,21 @@ def _write(loc: Location, rel: str, rows: list[dict[str, Any]], schema: pa.Schem
 
 def _targets(datasets: list[str], output: str | None, name: str,
              opts: dict[str, Any]) -> list[tuple[Location, str]]:
-    """Where each dataset's files go, then where the comparison goes (two datasets only)."""
+    """Where each dataset's files go, then where the comparison goes (two datasets only).
+
+    Without ``output`` everything goes into the first dataset, the one being evaluated: a
+    comparison reads the second one and never writes into it.
+    """
     if output is not None:
         out = locate(output, opts.get("output"))
         if len(datasets) == 1:
             return [(out, name)]
         return [(out, f"{name}-a"), (out, f"{name}-b"), (out, f"{name}-compare")]
-    places = [(locate(d, o), f"{EVALUATION_DIR}/{name}")
-              for d, o in zip(datasets, opts.get("datasets") or [None] * len(datasets),
-                              strict=True)]
-    if len(places) == 2:
-        places.append((places[0][0], f"{EVALUATION_DIR}/{name}-compare"))
-    return places
+    first = locate(datasets[0], (opts.get("datasets") or [None])[0])
+    if len(datasets) == 1:
+        return [(first, f"{EVALUATION_DIR}/{name}")]
+    return [(first, f"{EVALUATION_DIR}/{name}"), (first, f"{EVALUATION_DIR}/{name}-b"),
+            (first, f"{EVALUATION_DIR}/{name}-compare")]
 
 
 def check_inputs(datasets: list[str], ground_truth: str, name: str,

@@ -165,6 +165,19 @@ def _run_build(**params: Any) -> dict[str, Any]:
             return build_dataset(**params)
 
 
+def _run_reprocess(**params: Any) -> dict[str, Any]:
+    """The reprocess flow, run like :func:`_run_build` (temporary server, signals, children)."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    from matteforge.interrupt import stoppable
+
+    with stoppable():
+        from matteforge.flows.reprocess import reprocess_dataset
+        from matteforge.prefect_env import prefect_api
+
+        with prefect_api():
+            return reprocess_dataset(**params)
+
+
 def _print_summary(summary: dict[str, Any], output: str) -> None:
     print(f"\ndataset written to {output}")
     print(json.dumps(summary, indent=2))
@@ -255,7 +268,8 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
               "dask_address": args.dask_address, "n_workers": args.workers,
               "shard_size": args.shard_size, "mode": args.mode,
               "storage_options": seal_storage(storage) if storage else None,
-              "follow_links_outside": True if args.follow_links_outside else None}
+              "follow_links_outside": True if args.follow_links_outside else None,
+              "limit": args.limit, "allow_empty": args.allow_empty}
     return {**params, "locations": seal_storage(hidden) if hidden else None}
 
 
@@ -283,13 +297,150 @@ def _check_machine_failures(summary: dict[str, Any]) -> None:
                    EXIT_MACHINE_FAILURES)
 
 
+def _quiet_services(verbose: bool, log_format: str, live: bool) -> None:
+    """Logging of the services a build starts: Dask's connection and nanny chatter only with
+    --verbose; Prefect's per-shard INFO lines give way to the live bar or the JSON events.
+    Set before they start, so every worker inherits it."""
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "info" if verbose else "error"
+    if (log_format == "json" or live) and not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _preview(cfg: Any, args: argparse.Namespace) -> Any:
+    """List and plan before anything starts: an empty input, no backgrounds, a dry run and a
+    dataset that is complete already are answered here."""
+    from matteforge.config import StorageConfig
+    from matteforge.flows.preview import NothingToBuild, check_not_empty, preview
+    from matteforge.tasks.storage import locate
+
+    storage = cfg.storage.with_overrides(StorageConfig.model_validate(
+        _storage_flags(args)).model_dump())
+    where = {name: locate(getattr(cfg, name), storage.for_location(name, getattr(cfg, name)))
+             for name in ("input", "backgrounds", "output")}
+    if args.log_format != "json":
+        print(f"matteforge: listing {cfg.input} ...", file=sys.stderr, flush=True)
+    try:
+        seen = preview(cfg, where["input"], where["backgrounds"], where["output"], args.limit)
+        check_not_empty(cfg, seen.listing, len(seen.backgrounds), args.allow_empty)
+    except NothingToBuild as exc:
+        raise CliError(str(exc)) from None
+    return seen
+
+
+def _say_plan(seen: Any, args: argparse.Namespace) -> None:
+    from matteforge.flows.progress import emit
+
+    if seen.plan is None:  # the plan needs the model's weights: the flow makes it
+        line = f"{len(seen.listing)} input(s) listed, {len(seen.backgrounds)} background(s)"
+        if args.log_format == "json":
+            emit("listed", inputs=len(seen.listing), backgrounds=len(seen.backgrounds))
+        else:
+            print(f"matteforge: {line}", file=sys.stderr, flush=True)
+        return
+    emit("plan", inputs=len(seen.listing), todo=len(seen.plan.todo),
+         skipped=seen.plan.skipped)
+
+
+def _dry_run(seen: Any, args: argparse.Namespace) -> None:
+    """What the build would do, and nothing written."""
+    todo = seen.plan.todo if seen.plan is not None else seen.listing
+    report = {"inputs": len(seen.listing), "backgrounds": len(seen.backgrounds),
+              "to_process": len(todo),
+              "already_done": seen.plan.skipped if seen.plan is not None else None,
+              "damaged": len(seen.damage.sources), "unreadable_manifest_files":
+              seen.damage.unreadable, "first": [f.uri for f in todo[:10]]}
+    if seen.plan is None:
+        report["note"] = ("the dataset has no record of this config and model yet: every "
+                          "listed input would be processed unless the manifest already holds it")
+    print(json.dumps(report, indent=None if args.log_format == "json" else 2))
+
+
 def cmd_build(args: argparse.Namespace) -> None:
+    from matteforge.flows.progress import listening
+    from matteforge.progress_view import reporter
     from matteforge.tasks.storage import redact_uri
 
-    _probe_lock(_check_build_config(args), args)
-    summary = _locked_build(**build_params(args))
-    _print_summary(summary, redact_uri(args.output) if args.output else "(output from config)")
+    cfg = _check_build_config(args)
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be 1 or more")
+    for name in ("input", "backgrounds"):
+        if getattr(cfg, name) is None:
+            raise CliError(f"no {name}: give --{name} (or `{name}:` in the config)")
+    show = reporter(args.log_format)
+    with listening(show):
+        seen = _preview(cfg, args)
+        if args.dry_run:
+            _dry_run(seen, args)
+            return
+        _say_plan(seen, args)
+        _probe_lock(cfg, args)  # a build that holds the output may be changing what we read
+        if seen.complete:
+            print(f"matteforge: nothing to do: all {len(seen.listing)} input(s) of "
+                  f"{redact_uri(cfg.output)} are done with this config and model; the dataset "
+                  "is left as it is", file=sys.stderr)
+            return
+        _quiet_services(args.verbose, args.log_format, show.__class__.__name__ == "Bar")
+        try:
+            summary = _locked_build(**build_params(args))
+        finally:
+            show.close()
+    if args.log_format != "json":
+        _print_summary(summary, redact_uri(args.output) if args.output else
+                       "(output from config)")
     _check_machine_failures(summary)
+
+
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    """``--changes FILE`` (nested like a config) with ``--set key.path=value`` over it."""
+    import yaml
+
+    from matteforge.config import merge_options
+
+    changes: dict[str, Any] = {}
+    if args.changes:
+        try:
+            loaded = yaml.safe_load(Path(args.changes).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"--changes {args.changes}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise CliError(f"--changes {args.changes} must be a mapping of config keys")
+        changes = loaded
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set {item!r}: expected KEY=VALUE, e.g. alpha.cf_weight=50")
+        node: dict[str, Any] = {}
+        leaf = node
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            leaf = leaf.setdefault(part, {})
+        leaf[last] = yaml.safe_load(raw)
+        changes = merge_options(changes, node)
+    if not changes:
+        raise CliError("reprocess needs a change: --set KEY=VALUE or --changes FILE.yaml")
+    return changes
+
+
+def cmd_reprocess(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from matteforge.config import seal_storage
+    from matteforge.flows.reprocess import ReprocessError
+    from matteforge.tasks.storage import redact_uri
+
+    storage = _storage_flags(args)
+    params = {"source": args.source, "output": args.output, "changes": _changes(args),
+              "backgrounds": args.backgrounds, "dask_address": args.dask_address,
+              "n_workers": args.workers,
+              "storage_options": seal_storage(storage) if storage else None}
+    try:
+        summary = _run_reprocess(**params)
+    except ReprocessError as exc:
+        raise CliError(str(exc)) from None
+    except ValidationError as exc:
+        raise CliError("changes: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    _print_summary(summary, redact_uri(args.output))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -448,6 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read symbolic links that lead out of the input or backgrounds folder "
                    "(default: such a link becomes a row rejected/outside_input, never opened; "
                    "config ingest.follow_links_outside)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="only the first N inputs (sorted by path): a try-out of the recipe")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, list and plan (what would be done and skipped), "
+                   "then exit without writing anything")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="build even when the input holds no image (default: that is an error)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text: a live progress bar on a terminal, plain lines otherwise; json: "
+                   "one JSON object per event on stdout (for log shippers)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Dask's and Prefect's informational logs")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_build)
 
@@ -456,6 +619,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo-output", help="dataset root")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reprocess", help="a new version of a dataset with changed settings; "
+                       "only the stages a change touches are redone (docs/deploy.md, step 4)",
+                       formatter_class=_ShowDefaults)
+    p.add_argument("source", help="the dataset to start from (folder or fsspec URI)")
+    p.add_argument("--output", required=True, help="where the new version goes (not SOURCE)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a config change, dotted key and YAML value, e.g. alpha.cf_weight=50 "
+                   "or composite.effects='{bokeh: 0.3}' (repeatable)")
+    p.add_argument("--changes", metavar="FILE", help="config changes as YAML, nested like a "
+                   "config; --set wins over it")
+    p.add_argument("--backgrounds", help="backgrounds folder (default: the source's)")
+    p.add_argument("--dask-address", help="existing Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    _add_storage_flags(p)
+    p.set_defaults(func=cmd_reprocess)
 
     p = sub.add_parser("verify", help="check a dataset: files, sizes, hashes, counts")
     p.add_argument("dataset", help="dataset root (folder or fsspec URI)")

@@ -151,7 +151,8 @@ def test_rebuild_from_python_gives_identical_manifests(demo_build, tmp_path, mon
         pd.testing.assert_frame_equal(first[keep], second[keep])
     def images(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*")
-                      if p.is_file() and p.parts[len(root.parts)] not in ("manifest", "report")
+                      if p.is_file()
+                      and p.parts[len(root.parts)] not in ("manifest", "report", "hf")
                       and p.name not in ("dataset.json", "stats.json"))  # timings
 
     first_files = images(demo_build)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,3 +137,71 @@ def test_an_unknown_model_name_is_refused_with_a_suggestion(tmp_path, capsys):
                  "--output", str(tmp_path / "out"), "--backgrounds", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "unknown segmentation model 'modnett'" in err and "did you mean 'modnet'" in err
+
+
+def _photos(folder, n: int, side: int = 64) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((side, side + i, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize(("inputs", "backgrounds", "said"), [
+    (0, 1, "--input {d}/in holds no image"),
+    (2, 0, "--backgrounds {d}/bg holds no image"),
+])
+def test_an_empty_input_or_no_backgrounds_is_refused_before_anything_starts(
+        tmp_path, capsys, inputs, backgrounds, said):
+    _photos(tmp_path / "in", inputs)
+    (tmp_path / "in" / "notes.txt").write_text("not an image\n")
+    _photos(tmp_path / "bg", backgrounds)
+    argv = ["build", "--input", str(tmp_path / "in"), "--backgrounds", str(tmp_path / "bg"),
+            "--output", str(tmp_path / "out")]
+    assert main(argv) == EXIT_BAD_INPUT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.format(d=tmp_path) in last
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_dry_run_lists_and_plans_and_writes_nothing(tmp_path, capsys):
+    _photos(tmp_path / "in", 3)
+    _photos(tmp_path / "bg", 1)
+    argv = ["build", "--input", str(tmp_path / "in"), "--backgrounds", str(tmp_path / "bg"),
+            "--output", str(tmp_path / "out"), "--dry-run", "--limit", "2"]
+    assert main(argv) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"] == 2 and plan["to_process"] == 2 and plan["backgrounds"] == 1
+    assert plan["first"] == [str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png")]
+    assert not (tmp_path / "out").exists()
+    assert main([*argv[:-2], "--limit", "0"]) == EXIT_BAD_INPUT
+
+
+def test_reprocess_changes_come_from_set_flags_over_a_file(tmp_path):
+    from matteforge.cli import CliError, _changes
+
+    changes = tmp_path / "changes.yaml"
+    changes.write_text("trimap: {width_fraction: 0.02}\nalpha: {cf_weight: 10}\n")
+    args = argparse.Namespace(changes=str(changes), set=["alpha.cf_weight=50",
+                                                         "composite.effects={bokeh: 0.3}"])
+    assert _changes(args) == {"trimap": {"width_fraction": 0.02}, "alpha": {"cf_weight": 50},
+                              "composite": {"effects": {"bokeh": 0.3}}}
+    with pytest.raises(CliError, match="KEY=VALUE"):
+        _changes(argparse.Namespace(changes=None, set=["cf_weight"]))
+    with pytest.raises(CliError, match="needs a change"):
+        _changes(argparse.Namespace(changes=None, set=None))
+
+
+def test_progress_events_as_plain_lines_and_as_json():
+    from matteforge.progress_view import JsonLines, Lines
+
+    text, lines = io.StringIO(), io.StringIO()
+    show, log = Lines(text), JsonLines(lines)
+    for listener in (show, log):
+        listener("plan", {"inputs": 4, "todo": 3, "skipped": 1})
+        listener("plan", {"inputs": 4, "todo": 3, "skipped": 1})  # the flow says it again
+        listener("shard", {"shards_done": 1, "shards": 2, "images": 2, "images_total": 3,
+                           "counts": {"ok": 1, "rejected": 1}})
+    said = text.getvalue().splitlines()  # the flow logs each shard itself
+    assert said == ["matteforge: plan: 4 input(s), 3 to process, 1 already done"]
+    events = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["plan", "plan", "shard"]
+    assert events[2]["counts"] == {"ok": 1, "rejected": 1} and "time" in events[0]

@@ -303,12 +303,14 @@ def test_evaluate_and_compare_two_builds_of_p3m_portraits(tmp_path):
                 "--ground-truth", str(gt_root))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "alpha gt band [b-a]" in proc.stdout and "3 scored" in proc.stdout
-    for build, model in ((selfie, "mediapipe-selfie"), (rvm, "rvm")):
-        table = pq.read_table(build / "evaluation" / "gt.parquet").to_pylist()
+    assert not (rvm / "evaluation").exists()  # the compared dataset is read, never written
+    for name, model in (("gt", "mediapipe-selfie"), ("gt-b", "rvm")):
+        build = selfie
+        table = pq.read_table(build / "evaluation" / f"{name}.parquet").to_pylist()
         assert sorted(r["stem"] for r in table) == stems
         assert all(r["outcome"] == "scored" and r["alpha_sad"] > 0 and r["model_sad"] > 0
                    and r["alpha_sad_trimap"] > 0 for r in table)
-        summary = json.loads((build / "evaluation" / "gt.json").read_text())
+        summary = json.loads((build / "evaluation" / f"{name}.json").read_text())
         assert summary["counts"]["scored"] == 3
         assert summary["counts"]["ground_truth_unmatched"] == 7  # the P3M figure has 10
         assert summary["model_ids"][0].startswith(model.split("-")[0])

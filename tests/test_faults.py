@@ -8,6 +8,7 @@ anything starts; damage (a flipped byte, a lost composite, a truncated shard) is
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -80,6 +81,31 @@ def test_frames_of_one_clip_share_one_group_and_one_split(dataset):
     assert frames["split"].nunique() == 1  # ... one split
     camera = rows.loc[str(dataset["inputs"] / "camera.jpg")]
     assert camera["group_id"] != frames["group_id"].iloc[0]
+
+
+@pytest.mark.slow
+def test_a_rebuild_with_nothing_to_do_starts_nothing_and_changes_nothing(dataset):
+    record = (dataset["out"] / "dataset.json").stat().st_mtime_ns
+    again = _cli("build", *dataset["args"], env=dataset["env"], timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to do: all 5 input(s)" in again.stderr
+    assert "prefect" not in again.stderr.lower()  # no server was started
+    assert (dataset["out"] / "dataset.json").stat().st_mtime_ns == record
+
+
+@pytest.mark.slow
+def test_a_limited_build_with_json_events(dataset):
+    out = dataset["root"] / "limited"
+    args = [*dataset["args"][:-1], str(out), "--limit", "2", "--log-format", "json"]
+    proc = _cli("build", *args, env=dataset["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]  # nothing but JSON
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "listed" and kinds[-1] == "done" and "shard" in kinds
+    assert next(e for e in events if e["event"] == "plan")["todo"] == 2
+    assert events[-1]["summary"]["samples"] == 2
+    assert sorted(_samples(out)["source_uri"]) == [
+        str(dataset["inputs"] / "camera.jpg"), str(dataset["inputs"] / "clip-frame-0.jpg")]
 
 
 @pytest.mark.slow
