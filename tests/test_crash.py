@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from portraits import resized_copies
 
 from matteforge.tasks import manifest
 from matteforge.tasks.storage import TEMP_DIR, locate
@@ -25,15 +25,7 @@ N_INPUTS = 6
 
 
 def _portraits(folder: Path, astronaut: np.ndarray) -> list[Path]:
-    """Six different files of one portrait (sizes differ, so bytes and sample ids do)."""
-    folder.mkdir(parents=True)
-    paths = []
-    for i in range(N_INPUTS):
-        side = 192 + 16 * i
-        path = folder / f"portrait-{i}.png"
-        Image.fromarray(astronaut).resize((side, side), Image.Resampling.BILINEAR).save(path)
-        paths.append(path)
-    return paths
+    return resized_copies(folder, astronaut, N_INPUTS)
 
 
 def _build_command(portraits: Path, backgrounds: Path, out: Path) -> list[str]:

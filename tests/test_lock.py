@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from s3server import moto_endpoint
 
 from matteforge.tasks import lock
 from matteforge.tasks.lock import LOCK_NAME, OutputLocked, output_lock
@@ -235,37 +236,14 @@ def test_memory_filesystem_gets_the_best_effort_lock():
 BUCKET = "mf-lock"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_options() -> Iterator[dict[str, object]]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing",
+    with moto_endpoint() as endpoint:
+        options = {"endpoint_url": endpoint, "key": "testing",
                    "secret": "testing", "client_kwargs": {"region_name": "eu-west-1"},
                    "skip_instance_cache": True}
         locate(f"s3://{BUCKET}", options).fs.mkdir(BUCKET)
         yield options
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _s3(options: dict[str, object], name: str):

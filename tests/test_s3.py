@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from s3server import moto_endpoint
 
 from matteforge.demo import prepare_demo_data
 from matteforge.tasks import manifest
@@ -25,12 +24,6 @@ from matteforge.tasks.storage import locate, write_bytes_atomic
 
 KEY, SECRET = "AKIDPLANTEDKEY7F3Q", "planted-secret-0b9e2c71d4"
 INPUT_BUCKET, OUTPUT_BUCKET = "mf-inputs", "mf-datasets"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _no_ambient_credentials() -> dict[str, str]:
@@ -43,26 +36,8 @@ def _no_ambient_credentials() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
+    with moto_endpoint() as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from portraits import resized_copies
 
 from matteforge.verify import verify_dataset
 
@@ -84,15 +84,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _portraits(folder: Path, astronaut: np.ndarray) -> list[Path]:
-    """Different files of one portrait (sizes differ, so bytes and sample ids do)."""
-    folder.mkdir(parents=True)
-    paths = []
-    for i in range(N_INPUTS):
-        side = 192 + 16 * i
-        path = folder / f"portrait-{i}.png"
-        Image.fromarray(astronaut).resize((side, side), Image.Resampling.BILINEAR).save(path)
-        paths.append(path)
-    return paths
+    return resized_copies(folder, astronaut, N_INPUTS)
 
 
 def _start(tmp_path: Path, command: list[str], name: str) -> Build:
