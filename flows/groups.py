@@ -2,7 +2,7 @@
 
 A sample's split decides how many composites it gets, so it must be known when the sample is
 processed; near-identical photos may sit in different shards.  So the build fingerprints every
-input to do first (:func:`fingerprint_inputs`, one cheap task per shard), groups the new
+input to do first (:func:`fingerprint_inputs`, in tasks of 512 inputs), groups the new
 fingerprints with those already in the manifest (:func:`group_inputs`), and hands each shard
 the group and split of each of its inputs.  A group that already has a split keeps it, so a
 photo added later joins the side its twins are on.

@@ -214,16 +214,16 @@ def _check_build_config(args: argparse.Namespace) -> Any:
     """Refuse a config the flow would refuse, before a Prefect server and workers start."""
     from pydantic import ValidationError
 
-    from matteforge.config import check_locations, check_sources, load_config
+    from matteforge.config import check_locations, check_sources, explain_errors, load_config
 
     try:
         cfg = load_config(args.config, input=args.input, output=args.output,
-                          backgrounds=args.backgrounds, **_ingest_flags(args))
+                          backgrounds=args.backgrounds, **{"run.mode": args.mode},
+                          **_ingest_flags(args))
         check_locations(cfg)
         check_sources(cfg)
     except ValidationError as exc:
-        raise CliError("config: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+        raise CliError("config: " + explain_errors(exc.errors())) from exc
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CliError(first) from exc
@@ -438,8 +438,9 @@ def cmd_reprocess(args: argparse.Namespace) -> None:
     except ReprocessError as exc:
         raise CliError(str(exc)) from None
     except ValidationError as exc:
-        raise CliError("changes: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        from matteforge.config import explain_errors
+
+        raise CliError("changes: " + explain_errors(exc.errors())) from None
     _print_summary(summary, redact_uri(args.output))
 
 

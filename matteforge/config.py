@@ -9,6 +9,7 @@ are interchangeable per sample.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -428,6 +429,34 @@ def check_sources(cfg: BuildConfig) -> None:
         fs, path = _where(uri)
         if fs == "file" and not os.path.exists(path):
             raise ValueError(f"--{name} {uri}: no such file or folder")
+
+
+def explain_errors(errors: list[dict[str, Any]]) -> str:
+    """pydantic's validation errors as one line; an unknown key gets a "did you mean"."""
+    parts = []
+    for error in errors:
+        where = ".".join(map(str, error["loc"]))
+        if error["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(error["loc"][-1]),
+                                             _known_keys(error["loc"][:-1]), n=1, cutoff=0.6)
+            hint = f" (did you mean {'.'.join([*map(str, error['loc'][:-1]), near[0]])}?)" \
+                if near else ""
+            parts.append(f"{where}: unknown key{hint}")
+        else:
+            parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _known_keys(path: tuple[Any, ...]) -> list[str]:
+    """The keys a config section accepts, found by walking BuildConfig's fields."""
+    model: Any = BuildConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(
+                field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def packaged_config_path(name: str) -> Path:

@@ -80,6 +80,7 @@ class Bar:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
         )
@@ -90,11 +91,11 @@ class Bar:
         if event == "plan":
             self.last_plan = data
             self.console.print(f"plan: {data['inputs']} input(s), {data['todo']} to process, "
-                               f"{data['skipped']} already done")
+                               f"{data['skipped']} already done", highlight=False)
             if not data["todo"]:
                 return
             self.progress = Progress(
-                TextColumn("images"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("images"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
                 TextColumn("{task.fields[counts]}"), console=self.console, transient=False)
             self.task = self.progress.add_task("images", total=data["todo"], rate="",

@@ -257,7 +257,9 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
               str(backgrounds), "--output", str(copy), "--workers", "1"]
     again = _run_cli(*common, home=tmp_path / "h1")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert '"skipped": 5' in again.stdout and '"samples": 0' in again.stdout
+    assert "plan: 5 input(s), 0 to process, 5 already done" in again.stderr
+    assert "nothing to do: all 5 input(s)" in again.stderr  # no server, no cluster started
+    assert not (tmp_path / "h1").exists()
     after = {p.relative_to(copy): p.read_bytes() for p in (copy / "manifest").rglob("*.parquet")}
     assert after == before  # no image work, byte-identical manifest
 

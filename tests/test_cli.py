@@ -205,3 +205,52 @@ def test_progress_events_as_plain_lines_and_as_json():
     events = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["plan", "plan", "shard"]
     assert events[2]["counts"] == {"ok": 1, "rejected": 1} and "time" in events[0]
+
+
+MISTAKES = [
+    (["--input", "{d}/nope"], "--input {d}/nope: no such file or folder"),
+    (["--input", "{d}/empty"], "--input {d}/empty holds no image"),
+    (["--backgrounds", "{d}/empty"], "--backgrounds {d}/empty holds no image"),
+    (["--output", ""], "no output: give --output"),
+    (["--config", "{d}/model.yaml"], "unknown segmentation model 'rvmm'"),
+    (["--config", "{d}/key.yaml"], "segment.modle: unknown key (did you mean segment.model?)"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("change", "said"), MISTAKES, ids=lambda v: str(v)[:30])
+def test_each_mistake_is_one_line_through_the_real_cli_and_starts_nothing(tmp_path, change,
+                                                                          said):
+    """A real `matteforge build` process: non-zero, one error line, no process spawned."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    _photos(tmp_path / "in", 2)
+    _photos(tmp_path / "bg", 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "model.yaml").write_text("segment: {model: rvmm}\n")
+    (tmp_path / "key.yaml").write_text("segment: {modle: rvm}\n")
+    flags = {"--input": str(tmp_path / "in"), "--backgrounds": str(tmp_path / "bg"),
+             "--output": str(tmp_path / "out")}
+    for flag, value in zip(change[::2], change[1::2], strict=True):
+        flags[flag] = value.format(d=tmp_path)
+    argv = [a for flag, value in flags.items() if value for a in (flag, value)]
+    command = [sys.executable, "-m", "matteforge.cli", "build", *argv]
+    trace = tmp_path / "execve.log"
+    if shutil.which("strace"):
+        command = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), *command]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    print(f"refused in {time.monotonic() - started:.1f} s")
+    assert proc.returncode == EXIT_BAD_INPUT
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and said.format(d=tmp_path) in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
+    if trace.exists():  # the CLI itself, and no child: no server, no worker
+        assert len([x for x in trace.read_text().splitlines() if "execve(" in x]) == 1

@@ -109,6 +109,58 @@ def test_a_limited_build_with_json_events(dataset):
 
 
 @pytest.mark.slow
+def test_the_progress_bar_on_a_terminal_updates_and_ends_at_100_percent(dataset):
+    """The build under a pseudo-terminal, as a person at a terminal runs it."""
+    import pty
+    import select
+
+    out = dataset["root"] / "on-a-terminal"
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matteforge.cli", "build", *dataset["args"][:-1], str(out),
+         "--limit", "2"], stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**dataset["env"], "COLUMNS": "160", "TERM": "xterm"}, close_fds=True)
+    os.close(secondary)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the build is done
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0, screen.decode(errors="replace")[-3000:]
+    text = screen.decode(errors="replace")
+    assert "plan: 2 input(s), 2 to process, 0 already done" in text
+    assert "100%" in text and "2/2" in text  # the bar ran to the end
+    assert text.count("2/2") >= 1 and ("0/2" in text or "1/2" in text)  # and moved on the way
+
+
+@pytest.mark.slow
+def test_reprocess_on_the_command_line_makes_a_verified_new_version(dataset):
+    new = dataset["root"] / "reprocessed"
+    proc = _cli("reprocess", str(dataset["out"]), "--output", str(new), "--set",
+                "composite.per_foreground_test=2", "--set", "composite.per_foreground_train=2",
+                env=dataset["env"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    meta = json.loads((new / "dataset.json").read_text())
+    assert meta["parent"]["reprocessed_from"] == "composite"
+    ok = _samples(new).query("status == 'ok'")
+    assert (ok["n_composites"] == 2).all() and len(ok) == len(
+        _samples(dataset["out"]).query("status == 'ok'"))
+    assert _cli("verify", str(new), env=dataset["env"], timeout=300).returncode == 0
+    bad = _cli("reprocess", str(dataset["out"]), "--output", str(new / "x"), "--set",
+               "compositte.per_foreground_test=2", env=dataset["env"])
+    assert bad.returncode == 2 and "did you mean composite" in bad.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
 def test_the_dataset_card_loads_with_hugging_face_datasets(dataset, tmp_path):
     datasets = pytest.importorskip("datasets")
     out = dataset["out"]
