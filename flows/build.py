@@ -139,8 +139,9 @@ def index_backgrounds_task(
     src = locate(backgrounds_uri, opts.get("backgrounds"), cfg.run.io_retry())
     out = locate(output_uri, opts.get("output"), cfg.run.io_retry())
     files = list_file_sizes(src, cfg.ingest.extensions)
+    redo = set(damaged or ())
     known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()
-             if r["source_uri"] not in set(damaged or ())}
+             if r["source_uri"] not in redo}
     rows, refs = index_backgrounds(
         files, src, out, copy=cfg.composite.copy_backgrounds,
         max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes, known=known,

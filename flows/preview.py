@@ -13,9 +13,10 @@ from typing import Any
 
 from matteforge.config import BuildConfig
 from matteforge.flows.plan import InputFile, Plan, plan_build, stale_rows
+from matteforge.tasks import manifest
 from matteforge.tasks.storage import Location, list_file_sizes, printable, redact_uri
 from matteforge.tasks.unreadable import MACHINE_REASONS
-from matteforge.verify import Damage, _readable_rows, find_damage
+from matteforge.verify import Damage, find_damage
 
 
 class NothingToBuild(ValueError):
@@ -84,20 +85,12 @@ def preview(cfg: BuildConfig, src: Location, bgs: Location, out: Location,
     if sha is None:
         return result
     result.damage = find_damage(out)
-    rows = dict(_rows_by_shard(out, set(result.damage.unreadable)))
+    rows = {name: t.to_pylist() for name, t in manifest.readable_shards(out, "samples")[0].items()}
     result.plan = plan_inputs(cfg, listing, rows, sha, result.damage)
     result.complete = (not result.plan.todo and not result.damage.unreadable
                        and not result.damage.backgrounds and cfg.run.mode != "overwrite"
                        and _backgrounds_known(out, bgs, backgrounds))
     return result
-
-
-def _rows_by_shard(out: Location, skip: set[str]) -> list[tuple[str, list[dict[str, Any]]]]:
-    from matteforge.tasks import manifest
-
-    return [(name, manifest.read_shard(out, path).to_pylist())
-            for name, path in manifest.shard_files(out, "samples").items()
-            if f"manifest/samples/{name}" not in skip]
 
 
 def _dataset_json(out: Location) -> dict[str, Any]:
@@ -122,7 +115,8 @@ def _backgrounds_known(out: Location, bgs: Location,
                        listed: list[tuple[str, int | None]]) -> bool:
     """Every listed background has a row, an ok one of the same size: indexing them again
     would change nothing."""
-    rows = {r["source_uri"]: r for r in _readable_rows(out, "backgrounds", set())}
+    tables = manifest.readable_shards(out, "backgrounds")[0]
+    rows = {r["source_uri"]: r for t in tables.values() for r in t.to_pylist()}
     for path, size in listed:
         row = rows.get(printable(redact_uri(bgs.url(path))))
         if row is None or (row["status"] == "ok" and size is not None

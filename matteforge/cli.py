@@ -231,17 +231,24 @@ def _check_build_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
+def _build_storage(cfg: Any, args: argparse.Namespace) -> Any:
+    """The config's storage options with the command line's over them, as the flow merges
+    them (``storage.with_overrides``)."""
+    from matteforge.config import StorageConfig
+
+    return cfg.storage.with_overrides(StorageConfig.model_validate(
+        _storage_flags(args)).model_dump())
+
+
 def _probe_lock(cfg: Any, args: argparse.Namespace) -> None:
     """Refuse at once, before a server starts, when a live build holds the output's lock.
 
     The flow takes the lock for real; this is only the early, friendly answer.
     """
-    from matteforge.config import StorageConfig
     from matteforge.tasks.lock import OutputLocked, output_lock
     from matteforge.tasks.storage import locate
 
-    storage = cfg.storage.with_overrides(StorageConfig.model_validate(
-        _storage_flags(args)).model_dump())
+    storage = _build_storage(cfg, args)
     try:
         with output_lock(locate(cfg.output, storage.for_location("output", cfg.output))):
             pass
@@ -309,12 +316,10 @@ def _quiet_services(verbose: bool, log_format: str, live: bool) -> None:
 def _preview(cfg: Any, args: argparse.Namespace) -> Any:
     """List and plan before anything starts: an empty input, no backgrounds, a dry run and a
     dataset that is complete already are answered here."""
-    from matteforge.config import StorageConfig
     from matteforge.flows.preview import NothingToBuild, check_not_empty, preview
     from matteforge.tasks.storage import locate
 
-    storage = cfg.storage.with_overrides(StorageConfig.model_validate(
-        _storage_flags(args)).model_dump())
+    storage = _build_storage(cfg, args)
     where = {name: locate(getattr(cfg, name), storage.for_location(name, getattr(cfg, name)))
              for name in ("input", "backgrounds", "output")}
     if args.log_format != "json":

@@ -161,11 +161,16 @@ def find_damage(out: Location, *, hashes: bool = False) -> Damage:
     A sample is redone whole when any of its files or composites is damaged, or when it has
     another number of composite rows than it says (its composites file was lost).  Without
     ``hashes`` this costs one listing, cheap enough for every incremental build; ``verify
-    --repair`` reads every file.  Unreadable manifest files are listed, not read.
+    --repair`` reads every file.  Each manifest file is read once; those that do not read
+    are listed.
     """
-    damage = Damage(unreadable=manifest.unreadable_shards(out))
+    damage = Damage()
+    rows = {}
+    for table in manifest.TABLES:
+        tables, broken = manifest.readable_shards(out, table)
+        rows[table] = [r for t in tables.values() for r in t.to_pylist()]
+        damage.unreadable += broken
     sizes = _listing(out)
-    skip = set(damage.unreadable)
 
     def bad(rel: str | None, size: int | None, digest: str | None) -> bool:
         if not rel or "://" in rel:
@@ -177,8 +182,7 @@ def find_damage(out: Location, *, hashes: bool = False) -> Damage:
                 return content_hash(fh.read()) != digest
         return False
 
-    samples = _readable_rows(out, "samples", skip)
-    composites = _readable_rows(out, "composites", skip)
+    samples, composites = rows["samples"], rows["composites"]
     holder = {r["sample_id"]: r for r in samples if r["status"] == "ok"}
     for row in samples:
         if any(bad(row.get(f"{k}_uri"), row.get(f"{k}_bytes"), row.get(f"{k}_sha256"))
@@ -192,17 +196,11 @@ def find_damage(out: Location, *, hashes: bool = False) -> Damage:
     for sid, row in holder.items():
         if per_sample.get(sid, 0) != (row["n_composites"] or 0):
             damage.sources.add(row["source_uri"])
-    for row in _readable_rows(out, "backgrounds", skip):
+    for row in rows["backgrounds"]:
         if row["status"] == "ok" and bad(row["bg_uri"], row["source_bytes"],
                                          row["content_sha256"]):
             damage.backgrounds.add(row["source_uri"])
     return damage
-
-
-def _readable_rows(out: Location, table: str, skip: set[str]) -> list[dict[str, Any]]:
-    return [r for name, path in manifest.shard_files(out, table).items()
-            if f"manifest/{table}/{name}" not in skip
-            for r in manifest.read_shard(out, path).to_pylist()]
 
 
 def verify_dataset(
@@ -221,17 +219,14 @@ def verify_dataset(
                       "dataset.json is missing (the build never finished)")
     stats = _read_json(out, STATS_FILE, report, None)
     _check_commits(meta, check)
-    unreadable = manifest.unreadable_shards(out)
-    for rel in unreadable:
+    read = {table: manifest.readable_shards(out, table) for table in manifest.TABLES}
+    for rel in (rel for _, broken in read.values() for rel in broken):
         report.problems.append(f"{rel} cannot be read (not Parquet: truncated or overwritten); "
                                "`matteforge verify --repair` moves it aside and redoes its "
                                "samples")
-    skip = set(unreadable)
-    sample_shards = {name: manifest.read_shard(out, path)
-                     for name, path in manifest.shard_files(out, "samples").items()
-                     if f"manifest/samples/{name}" not in skip}
+    sample_shards = read["samples"][0]
     samples = [r for t in sample_shards.values() for r in t.to_pylist()]
-    composites = _readable_rows(out, "composites", skip)
+    composites = [r for t in read["composites"][0].values() for r in t.to_pylist()]
     _duplicates([r["source_uri"] for r in samples], "sample source", report)
     _duplicates([r["composite_id"] for r in composites], "composite", report)
     _check_duplicate_rows(samples, report)
@@ -257,7 +252,7 @@ def verify_dataset(
             report.problems.append(f"sample {sid}: {per_sample.get(sid, 0)} composite rows, "
                                    f"n_composites says {row['n_composites']}")
     _check_counts(meta, stats, samples, len(composites), set(sample_shards), report)
-    backgrounds = _readable_rows(out, "backgrounds", skip)
+    backgrounds = [r for t in read["backgrounds"][0].values() for r in t.to_pylist()]
     named = {row.get(f"{kind}_uri") for row in samples for kind in manifest.ARTIFACTS}
     named |= {row.get(key) for row in composites for key in ("merged_uri", "bg_uri")}
     named |= {row.get("bg_uri") for row in backgrounds}

@@ -232,16 +232,17 @@ def read_shard(loc: Location, path: str) -> pa.Table:
                            "its samples") from exc
 
 
-def unreadable_shards(loc: Location) -> list[str]:
-    """Paths (relative to the root) of committed manifest files that do not read."""
-    bad = []
-    for table in TABLES:
-        for name, path in shard_files(loc, table).items():
-            try:
-                read_shard(loc, path)
-            except CorruptShard:
-                bad.append(f"manifest/{table}/{name}")
-    return bad
+def readable_shards(loc: Location, table: str) -> tuple[dict[str, pa.Table], list[str]]:
+    """One pass over a table's committed files: those that read (file name → table), and the
+    paths, relative to the root, of those that do not (truncated, overwritten)."""
+    tables: dict[str, pa.Table] = {}
+    bad: list[str] = []
+    for name, path in shard_files(loc, table).items():
+        try:
+            tables[name] = read_shard(loc, path)
+        except CorruptShard:
+            bad.append(f"manifest/{table}/{name}")
+    return tables, bad
 
 
 QUARANTINE_DIR = "quarantine"
