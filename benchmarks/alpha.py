@@ -46,7 +46,7 @@ import torch
 
 from matteforge.config import BuildConfig
 from matteforge.metrics import sad, unknown_region
-from matteforge.tasks.alpha import AlphaInfo, knn_alpha_with_info
+from matteforge.tasks.alpha import AlphaInfo, AlphaOptions, knn_alpha_with_info
 from matteforge.tasks.recipe import ensemble_map
 from matteforge.tasks.recipe import make_trimap as recipe_trimap
 from matteforge.tasks.segment import segmenter_for
@@ -172,11 +172,12 @@ def methods(infos: list[AlphaInfo]) -> dict[str, Callable[[np.ndarray, np.ndarra
         return alpha
 
     def ours_with_cf(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        alpha, _ = knn_alpha_with_info(image, trimap, cf_weight=BuildConfig().alpha.cf_weight)
+        options = AlphaOptions(cf_weight=BuildConfig().alpha.cf_weight)
+        alpha, _ = knn_alpha_with_info(image, trimap, options)
         return alpha
 
     def ours_on_gpu(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        alpha, _ = knn_alpha_with_info(image, trimap, device="cuda")
+        alpha, _ = knn_alpha_with_info(image, trimap, AlphaOptions(device="cuda"))
         return alpha
 
     gpu = {"matteforge knn (cuda)": ours_on_gpu} if torch.cuda.is_available() else {}

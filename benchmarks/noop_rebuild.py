@@ -5,8 +5,8 @@
 The demo photos (scikit-image's) are built once with ``matteforge build``; the same command is
 then run ``--repeat`` times.  Printed: the first build's wall time, each no-op's, the floor (the
 CLI starting and printing its help: Python, imports), and the no-op against the target of 5 s.
-A no-op plans before it starts anything (flows/preview.py): when every input is done with this
-config and model, no Prefect server and no Dask cluster start.
+A no-op plans before it starts anything (matteforge/steps/preview.py): when every input is
+done with this config and model, no Prefect server and no Dask cluster start.
 """
 
 from __future__ import annotations

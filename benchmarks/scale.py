@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matteforge import loopback
 from matteforge.demo import prepare_demo_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import loopback
 
 
 def make_portraits(folder: Path, count: int, side: int) -> None:

@@ -1,7 +1,7 @@
 """The build flow: list inputs, index backgrounds, process shards on Dask, write dataset.json.
 
 This file is the only place that knows the order of the build.  Image work happens inside
-``process-shard`` tasks (see :mod:`matteforge.flows.shard`), one per shard, on a
+``process-shard`` tasks (see :mod:`matteforge.steps.shard`), one per shard, on a
 ``DaskTaskRunner``: a LocalCluster by default, or an existing scheduler by address.
 
 Storage options (endpoints, credentials) travel sealed in a ``SecretStr``: Prefect records flow
@@ -12,6 +12,7 @@ They reach the workers as task arguments, never through the flow process's globa
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -35,21 +36,13 @@ from matteforge.config import (
     seal_storage,
     unseal_storage,
 )
-from matteforge.flows.backgrounds import index_backgrounds
-from matteforge.flows.duplicates import resolve_duplicates
-from matteforge.flows.groups import fingerprint_inputs, group_inputs
-from matteforge.flows.plan import stale_rows
-from matteforge.flows.preview import check_not_empty, list_inputs, plan_inputs
-from matteforge.flows.progress import emit
-from matteforge.flows.shard import BackgroundRef, GroupRef, ShardSummary, run_shard
-from matteforge.flows.stats import STATS_FILE, dataset_stats, summarize
-from matteforge.tasks import manifest
-from matteforge.tasks.dataset_card import write_card
-from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.lock import LockInfo, OutputLocked, output_lock
-from matteforge.tasks.report import summary_markdown, write_report
-from matteforge.tasks.segment import segmenter_for
-from matteforge.tasks.storage import (
+from matteforge.dataset import manifest
+from matteforge.dataset.card import write_card
+from matteforge.dataset.lock import LockInfo, OutputLocked, output_lock
+from matteforge.dataset.report import summary_markdown, write_report
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.stats import STATS_FILE, dataset_stats, summarize
+from matteforge.dataset.storage import (
     Location,
     clear_temporary,
     list_file_sizes,
@@ -58,8 +51,17 @@ from matteforge.tasks.storage import (
     wire_path,
     write_bytes_atomic,
 )
-from matteforge.tasks.unreadable import MACHINE_REASONS
-from matteforge.verify import find_damage
+from matteforge.dataset.unreadable import MACHINE_REASONS
+from matteforge.dataset.verify import Damage, find_damage
+from matteforge.steps.backgrounds import index_backgrounds
+from matteforge.steps.duplicates import resolve_duplicates
+from matteforge.steps.groups import KnownGroups, fingerprint_inputs, group_inputs, known_groups
+from matteforge.steps.plan import stale_rows
+from matteforge.steps.preview import check_not_empty, list_inputs, plan_inputs
+from matteforge.steps.progress import emit
+from matteforge.steps.shard import BackgroundRef, GroupRef, ShardJob, ShardSummary, run_shard
+from matteforge.tasks.ingest import content_hash
+from matteforge.tasks.segment import segmenter_for
 
 _VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy",
               "opencv-python-headless", "scikit-learn", "scipy", "pymatting", "pyarrow", "pillow")
@@ -80,13 +82,8 @@ def make_task_runner(run: RunConfig) -> DaskTaskRunner:
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def process_shard(
-    shard: str, uris: list[str], cfg_data: dict[str, Any], input_uri: str,
-    backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
-    storage: SecretStr | None = None, groups: dict[str, GroupRef] | None = None,
-) -> ShardSummary:
-    return run_shard(shard, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
-                     storage_options=unseal_storage(storage), groups=groups)
+def process_shard(job: ShardJob) -> ShardSummary:
+    return run_shard(job)
 
 
 # Inputs per fingerprint task: enough that Prefect's per-task cost stays small next to reading
@@ -104,9 +101,10 @@ def fingerprint_task(items: list[str], cfg_data: dict[str, Any], input_uri: str,
 
 
 def _groups(shards: list[tuple[str, list[str]]], cfg: BuildConfig, input_uri: str,
-            output_uri: str, storage: SecretStr | None) -> dict[str, GroupRef]:
+            known: KnownGroups, storage: SecretStr | None) -> dict[str, GroupRef]:
     """Every input's near-duplicate group and split, from fingerprint tasks of
-    ``FINGERPRINT_CHUNK`` inputs (a fingerprint costs milliseconds, a task ~0.15 s)."""
+    ``FINGERPRINT_CHUNK`` inputs (a fingerprint costs milliseconds, a task ~0.15 s);
+    ``known``: the groups the manifest already holds."""
     logger = get_run_logger()
     prints: dict[str, tuple[str, str]] = {}
     cfg_data = cfg.model_dump(mode="json")
@@ -119,9 +117,7 @@ def _groups(shards: list[tuple[str, list[str]]], cfg: BuildConfig, input_uri: st
         except Exception as exc:  # those inputs fall back to a split of their own
             logger.warning("fingerprints of %s failed (%s: %s): their near-duplicates are "
                            "not grouped", "a chunk of inputs", type(exc).__name__, exc)
-    out = locate(output_uri, unseal_storage(storage).get("output"), cfg.run.io_retry())
-    rows = manifest.read_table(out, "samples").to_pylist()
-    groups = group_inputs(prints, rows, cfg.composite.near_duplicate_bits, cfg.seed,
+    groups = group_inputs(prints, known, cfg.composite.near_duplicate_bits, cfg.seed,
                           cfg.composite.test_fraction)
     merged = len(prints) - len({g[1] for g in groups.values()})
     logger.info("fingerprints: %d input(s), %d in a group with a near-identical photo",
@@ -132,23 +128,25 @@ def _groups(shards: list[tuple[str, list[str]]], cfg: BuildConfig, input_uri: st
 @task(name="index-backgrounds", cache_policy=NONE)
 def index_backgrounds_task(
     backgrounds_uri: str, output_uri: str, cfg: BuildConfig, storage: SecretStr | None = None,
-    damaged: list[str] | None = None,
-) -> list[BackgroundRef]:
-    """``damaged``: source URIs whose copy in ``bg/`` is damaged, so it is made again."""
+    recorded: list[dict[str, Any]] | None = None, damaged: list[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[BackgroundRef]]:
+    """The backgrounds manifest's rows (the caller commits them) and the usable backgrounds.
+
+    ``recorded``: the rows the manifest holds, reused for unchanged files; ``damaged``: source
+    URIs whose copy in ``bg/`` is damaged, so it is made again.
+    """
     opts = unseal_storage(storage)
     src = locate(backgrounds_uri, opts.get("backgrounds"), cfg.run.io_retry())
     out = locate(output_uri, opts.get("output"), cfg.run.io_retry())
     files = list_file_sizes(src, cfg.ingest.extensions)
     redo = set(damaged or ())
-    known = {r["source_uri"]: r for r in manifest.read_table(out, "backgrounds").to_pylist()
-             if r["source_uri"] not in redo}
+    known = {r["source_uri"]: r for r in recorded or [] if r["source_uri"] not in redo}
     rows, refs = index_backgrounds(
         files, src, out, copy=cfg.composite.copy_backgrounds,
         max_pixels=cfg.ingest.max_pixels, max_bytes=cfg.ingest.max_bytes, known=known,
         follow_links_outside=cfg.ingest.follow_links_outside)
-    manifest.write_table(out, "backgrounds", manifest.shard_name(0), rows)
     get_run_logger().info("backgrounds: %d usable of %d listed", len(refs), len(files))
-    return refs
+    return rows, refs
 
 
 def _progress_line(done: int, total: int, images: int, n_images: int, counts: dict[str, int],
@@ -175,21 +173,23 @@ class ShardFailure:
 @flow(name="process-shards")
 def process_shards(
     shards: list[tuple[str, list[str]]], cfg_data: dict[str, Any], input_uri: str,
-    backgrounds_uri: str,
-    bg_refs: list[BackgroundRef], output_uri: str, storage: SecretStr | None = None,
+    backgrounds_uri: str, bg_refs: list[BackgroundRef], output_uri: str,
+    storage: SecretStr | None = None, known: KnownGroups | None = None,
 ) -> tuple[list[ShardSummary], list[ShardFailure]]:
     """Fan shards out to Dask and report progress as each one lands.
 
-    A shard that fails is reported and left out; the others go on.
+    A shard that fails is reported and left out; the others go on.  ``known``: the
+    near-duplicate groups the manifest holds (:func:`known_groups`).
     """
     logger = get_run_logger()
     started = time.perf_counter()
     cfg = BuildConfig.model_validate(cfg_data)
-    groups = _groups(shards, cfg, input_uri, output_uri, storage)
+    groups = _groups(shards, cfg, input_uri, known or ({}, {}), storage)
     shard_task = process_shard.with_options(retries=cfg.run.shard_retries)
     futures = {
-        shard_task.submit(key, uris, cfg_data, input_uri, backgrounds_uri, bg_refs, output_uri,
-                          storage, {u: groups[u] for u in uris if u in groups}): (key, len(uris))
+        shard_task.submit(ShardJob(key, uris, cfg_data, input_uri, backgrounds_uri, output_uri,
+                                   bg_refs, {u: groups[u] for u in uris if u in groups},
+                                   storage)): (key, len(uris))
         for key, uris in shards
     }
     n_images = sum(len(uris) for _, uris in shards)
@@ -226,15 +226,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest_checksums(out: Location) -> dict[str, str]:
-    sums = {}
-    for table in manifest.TABLES:
-        for name, path in manifest.shard_files(out, table).items():
-            with out.fs.open(path, "rb") as fh:
-                sums[f"manifest/{table}/{name}"] = content_hash(fh.read())
-    return sums
-
-
 def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, list[str]]]:
     """Shards of listed paths, each path as plain text (:func:`wire_path`)."""
     items = [wire_path(p) for p in items]
@@ -242,85 +233,22 @@ def _shards(items: list[str], size: int, config_hash: str) -> list[tuple[str, li
     return [(manifest.shard_key(chunk, config_hash), chunk) for chunk in chunks]
 
 
-def _recover(out: Location) -> list[str]:
-    """Undo what a killed build left half-done: temporary files, uncommitted composites files.
-
-    Runs before any worker starts, so nothing is writing.  Returns the discarded shard names.
-    """
-    clear_temporary(out)
-    return manifest.discard_uncommitted(out)
-
-
-def _quarantine_unreadable(out: Location, unreadable: list[str]) -> list[str]:
-    """Move manifest files that do not read to ``quarantine/``; their inputs get no row, so
-    this build does them again.  Returns where each went."""
-    moved = [manifest.quarantine(out, rel) for rel in unreadable]
-    if moved:
-        manifest.discard_uncommitted(out)  # composites whose samples file was moved aside
-    return moved
-
-
-def _recount(out: Location, summaries: list[ShardSummary]) -> list[ShardSummary]:
+def _recount(loaded: Manifest, summaries: list[ShardSummary]) -> list[ShardSummary]:
     """This run's shard summaries, counted again from their rows as committed now.
 
     :func:`resolve_duplicates` may have turned rows the workers counted as ok into duplicates;
     the task's seconds and inputs stay as the worker measured them.
     """
-    tables = manifest.read_shards(out, "samples")
+    shards = loaded.shards("samples")
     fresh = []
     for s in summaries:
-        table = tables.get(manifest.shard_name(s.shard))
-        rows = table.to_pylist() if table is not None else []
+        rows = shards.get(manifest.shard_name(s.shard))
+        if rows is None:
+            fresh.append(s)
+            continue
         composites = sum(r["n_composites"] or 0 for r in rows if r["status"] == "ok")
-        fresh.append(ShardSummary.from_rows(s.shard, rows, composites, s.seconds, s.inputs)
-                     if table is not None else s)
+        fresh.append(ShardSummary.from_rows(s.shard, rows, composites, s.seconds, s.inputs))
     return fresh
-
-
-def _drop_rows(out: Location, drop: set[tuple[str, str]]) -> int:
-    """Remove (shard, source_uri) sample rows and their composites; composites go first.
-
-    Called only after the rows replacing them are committed, so a crash in here leaves a
-    duplicate that the next run's planning removes, never a missing row.
-    """
-    by_shard: dict[str, set[str]] = {}
-    for shard, uri in drop:
-        by_shard.setdefault(shard, set()).add(uri)
-    if not by_shard:
-        return 0
-    all_samples = manifest.read_shards(out, "samples")
-    all_composites = manifest.read_shards(out, "composites")
-    for shard, uris in sorted(by_shard.items()):
-        samples = all_samples[shard].to_pylist()
-        keep = [r for r in samples if r["source_uri"] not in uris]
-        kept_ids = {r["sample_id"] for r in keep}
-        gone_ids = {r["sample_id"] for r in samples if r["source_uri"] in uris} - kept_ids
-        composites = all_composites.get(shard)
-        if composites is not None:
-            rows = [r for r in composites.to_pylist() if r["sample_id"] not in gone_ids]
-            manifest.rewrite_shard(out, "composites", shard, rows)
-        run = (all_samples[shard].schema.metadata or {}).get(manifest.SHARD_RUN_KEY.encode())
-        manifest.rewrite_shard(out, "samples", shard, keep,
-                               {manifest.SHARD_RUN_KEY: run.decode()} if run else None)
-    return sum(len(u) for u in by_shard.values())
-
-
-def dataset_counts(out: Location) -> dict[str, Any]:
-    """Counts over the whole manifest (every run's rows), as verify recomputes them."""
-    samples = manifest.read_table(out, "samples").to_pylist()
-    composites = manifest.read_table(out, "composites").to_pylist()
-    by_status: dict[str, int] = {}
-    by_reason: dict[str, int] = {}
-    by_split: dict[str, int] = {}
-    for row in samples:
-        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
-        if row["reason"]:
-            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
-    for row in composites:
-        by_split[row["split"]] = by_split.get(row["split"], 0) + 1
-    return {"samples": len(samples), "by_status": dict(sorted(by_status.items())),
-            "by_reason": dict(sorted(by_reason.items())), "composites": len(composites),
-            "composites_by_split": dict(sorted(by_split.items()))}
 
 
 def model_record(seg: Any) -> dict[str, Any]:
@@ -339,7 +267,7 @@ def _config_record(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources: dict[str, str],
-                 summary: dict[str, Any], parent: dict[str, Any] | None = None,
+                 summary: dict[str, Any], loaded: Manifest, parent: dict[str, Any] | None = None,
                  source_options: dict[str, Any] | None = None) -> None:
     """stats.json and the dataset card (README.md and hf/, for 🤗 datasets), then dataset.json
     (written last: its presence means the dataset is done), then the report that describes
@@ -349,7 +277,7 @@ def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources
     defaults to the one already recorded at ``out``, so builds into a version keep it;
     ``source_options`` open the inputs for the report's thumbnails of rows without files.
     """
-    stats = dataset_stats(manifest.read_shards(out, "samples"),
+    stats = dataset_stats(loaded.tables("samples"),
                           {k: v for k, v in summary.items() if k != "dataset"})
     stats_bytes = json.dumps(stats, indent=2, sort_keys=True).encode()
     write_bytes_atomic(out, out.path(STATS_FILE), stats_bytes)
@@ -363,19 +291,19 @@ def write_record(out: Location, cfg: BuildConfig, model: dict[str, Any], sources
         "versions": _versions(),
         "counts": summary["dataset"],
         "last_run": {k: v for k, v in summary.items() if k != "dataset"},
-        "checksums": {**_manifest_checksums(out), STATS_FILE: content_hash(stats_bytes)},
+        "checksums": {**loaded.checksums(), STATS_FILE: content_hash(stats_bytes)},
     }
     if parent := parent or _parent_of(out):
         dataset["parent"] = parent
-    write_card(out, manifest.read_table(out, "samples"), manifest.read_table(out, "composites"),
-               dataset)
+    write_card(out, loaded.table("samples"), loaded.table("composites"), dataset)
     write_bytes_atomic(out, out.path("dataset.json"),
                        json.dumps(dataset, indent=2, sort_keys=True).encode())
-    _publish_report(out, cfg.seed, source_options)
+    _publish_report(out, cfg.seed, source_options, loaded)
     clear_temporary(out)  # every writer is done: a finished dataset has no .tmp/ folder
 
 
-def _publish_report(out: Location, seed: int, source_options: dict[str, Any] | None) -> None:
+def _publish_report(out: Location, seed: int, source_options: dict[str, Any] | None,
+                    loaded: Manifest) -> None:
     """``report/index.html``, then a markdown artifact on the flow run pointing at it.
 
     Runs after the dataset is complete; a report that cannot be made costs a warning, never the
@@ -383,8 +311,9 @@ def _publish_report(out: Location, seed: int, source_options: dict[str, Any] | N
     """
     logger = get_run_logger()
     try:
-        path = write_report(out, seed=seed, source_storage_options=source_options)
-        create_markdown_artifact(markdown=summary_markdown(out, path), key="build-report",
+        path = write_report(out, seed=seed, source_storage_options=source_options,
+                            loaded=loaded)
+        create_markdown_artifact(markdown=summary_markdown(out, path, loaded), key="build-report",
                                  description="matteforge build summary")
     except Exception as exc:
         logger.warning("could not write the report: %s: %s", type(exc).__name__, exc)
@@ -472,26 +401,17 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
     """The build's steps, run while this build holds the output's lock."""
     assert cfg.input and cfg.backgrounds
     logger = get_run_logger()
-    if discarded := _recover(out):
-        logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
-                       len(discarded))
-    damage = find_damage(out, hashes=check_hashes)
-    for moved in _quarantine_unreadable(out, damage.unreadable):
-        logger.warning("a manifest file did not read (truncated or overwritten): moved to %s; "
-                       "its samples are done again", moved)
-    if damage.sources or damage.backgrounds:
-        logger.warning("%d sample(s) and %d background(s) have missing or damaged files: "
-                       "done again", len(damage.sources), len(damage.backgrounds))
+    loaded, damage = recover(out, check_hashes, logger)
     config_hash = cfg.config_hash()
-    src = locate(cfg.input, opts["input"], cfg.run.io_retry())
-    listing = list_inputs(cfg, src, limit)
-    old = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
-    plan = plan_inputs(cfg, listing, old, seg.weights_sha256, damage)
+    listing = list_inputs(cfg, locate(cfg.input, opts["input"], cfg.run.io_retry()), limit)
+    plan = plan_inputs(cfg, listing, loaded.shards("samples"), seg.weights_sha256, damage)
     logger.info("%d input files: %d to process, %d already done (mode %s), shards of %d",
                 len(listing), len(plan.todo), plan.skipped, cfg.run.mode, cfg.run.shard_size)
     emit("plan", inputs=len(listing), todo=len(plan.todo), skipped=plan.skipped)
-    bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed,
-                                     sorted(damage.backgrounds))
+    bg_rows, bg_refs = index_backgrounds_task(cfg.backgrounds, cfg.output, cfg, sealed,
+                                              loaded.rows("backgrounds"),
+                                              sorted(damage.backgrounds))
+    loaded.write("backgrounds", manifest.shard_name(0), bg_rows)
     check_not_empty(cfg, listing, len(bg_refs), allow_empty)
     shards = _shards([f.path for f in plan.todo], cfg.run.shard_size, config_hash)
     summaries: list[ShardSummary] = []
@@ -499,11 +419,12 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
     if shards:
         summaries, failures = process_shards.with_options(task_runner=make_task_runner(cfg.run))(
             shards, cfg.model_dump(mode="json"), cfg.input, cfg.backgrounds, bg_refs,
-            cfg.output, sealed,
-        )
+            cfg.output, sealed, known_groups(loaded.rows("samples")))
     _still_ours(held)
     written = {manifest.shard_name(s.shard) for s in summaries}
-    now = {name: t.to_pylist() for name, t in manifest.read_shards(out, "samples").items()}
+    loaded.reload("composites", written)
+    loaded.reload("samples", written)
+    now = loaded.shards("samples")
     drop = stale_rows(now, config_hash, seg.weights_sha256, written)
     if cfg.run.mode == "overwrite" and not failures:
         # The old rows stayed until now, so a killed overwrite leaves the old dataset (plus
@@ -511,23 +432,47 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
         # that have disappeared included.
         drop |= {(name, r["source_uri"]) for name, rows in now.items() if name not in written
                  for r in rows}
-    dropped = _drop_rows(out, drop)
-    if duplicates := resolve_duplicates(out):
+    dropped = loaded.drop(drop)
+    if duplicates := resolve_duplicates(loaded):
         logger.info("%d source(s) hold the same bytes as another: recorded as duplicates",
                     duplicates)
-        summaries = _recount(out, summaries)
+        summaries = _recount(loaded, summaries)
     summary = summarize(summaries, time.perf_counter() - started)
     summary.update(skipped=plan.skipped, rows_replaced=dropped, backgrounds_usable=len(bg_refs),
                    repaired=len(damage.sources), quarantined=len(damage.unreadable),
                    machine_failures=_machine_failures(summary, failures),
-                   dataset=dataset_counts(out))
+                   dataset=loaded.counts())
     write_record(out, cfg, model_record(seg),
                  {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
-                 summary, source_options=opts["input"])
+                 summary, loaded, source_options=opts["input"])
     logger.info("done: %s", json.dumps({k: summary[k] for k in
                                          ("samples", "skipped", "by_status", "seconds")}))
     emit("done", summary=summary)
     return summary
+
+
+def recover(out: Location, check_hashes: bool, logger: logging.Logger | logging.LoggerAdapter[Any]
+            ) -> tuple[Manifest, Damage]:
+    """Undo what a killed build left half-done and find what was damaged since; returns the
+    manifest as it then stands (read once, here) and what the build must redo.
+
+    Runs before any worker starts, so nothing is writing: temporary files and uncommitted
+    composites files go, manifest files that do not read move to ``quarantine/`` (their inputs
+    get no row, so this build does them again).
+    """
+    clear_temporary(out)
+    if discarded := manifest.discard_uncommitted(out):
+        logger.warning("removed %d composites file(s) an interrupted build left uncommitted",
+                       len(discarded))
+    loaded = Manifest.load(out)
+    damage = find_damage(out, hashes=check_hashes, loaded=loaded)
+    for moved in loaded.quarantine_unreadable():
+        logger.warning("a manifest file did not read (truncated or overwritten): moved to %s; "
+                       "its samples are done again", moved)
+    if damage.sources or damage.backgrounds:
+        logger.warning("%d sample(s) and %d background(s) have missing or damaged files: "
+                       "done again", len(damage.sources), len(damage.backgrounds))
+    return loaded, damage
 
 
 def _machine_failures(summary: dict[str, Any], failures: list[ShardFailure]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The evaluate flow: score one dataset, or two side by side, against ground-truth mattes.
 
-Orchestration and I/O only; the math and the tables are :mod:`matteforge.tasks.evaluate`.  Per
+Orchestration and I/O only; the math and the tables are :mod:`matteforge.dataset.evaluate`.  Per
 dataset: read the samples manifest, list the ground truth (a folder holding ``alpha/`` or the
 matte files themselves, any fsspec URI), pair them by source stem, score each pair, and write
 ``<name>.parquet`` (a row per dataset row that has ground truth) and ``<name>.json`` (counts and
@@ -23,10 +23,9 @@ from prefect.cache_policies import NONE
 from pydantic import SecretStr
 
 from matteforge.config import IngestConfig, seal_storage, unseal_storage
-from matteforge.flows.duplicates import DUPLICATE
-from matteforge.tasks import evaluate as ev
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import (
+from matteforge.dataset import evaluate as ev
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import (
     Location,
     list_files,
     locate,
@@ -34,6 +33,7 @@ from matteforge.tasks.storage import (
     redact_uri,
     write_bytes_atomic,
 )
+from matteforge.steps.duplicates import DUPLICATE
 
 EVALUATION_DIR = "evaluation"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -44,26 +44,28 @@ from matteforge.config import (
     seal_storage,
     unseal_storage,
 )
+from matteforge.dataset import manifest
+from matteforge.dataset.codec import decode
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.stats import summarize
+from matteforge.dataset.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 from matteforge.flows.build import (
-    dataset_counts,
     index_backgrounds_task,
     make_task_runner,
     model_record,
     write_record,
 )
-from matteforge.flows.duplicates import DUPLICATE
-from matteforge.flows.shard import (
+from matteforge.steps.duplicates import DUPLICATE
+from matteforge.steps.shard import (
     BackgroundCache,
     BackgroundRef,
     ShardSummary,
-    _make_composites,
+    composite_split,
+    make_composites,
     process_sample,
 )
-from matteforge.flows.stats import summarize
-from matteforge.tasks import manifest
-from matteforge.tasks.ingest import content_hash, decode_image
+from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.segment import SegmentResult, segmenter_for
-from matteforge.tasks.storage import Location, locate, read_bytes, redact_uri, write_bytes_atomic
 
 Stage = Literal["segment", "trimap", "composite"]
 
@@ -129,22 +131,17 @@ def _reuse(parent: Location, out: Location, row: dict[str, Any], kind: str) -> b
     return data
 
 
-def _gray(data: bytes) -> np.ndarray:
-    image = decode_image(data).image
-    assert image is not None
-    return np.ascontiguousarray(image[:, :, 0]) if image.ndim == 3 else image
-
-
 def _recomposite(row: dict[str, Any], cfg: BuildConfig, parent: Location, out: Location,
                  cache: BackgroundCache) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     files = {kind: _reuse(parent, out, row, kind) for kind in manifest.ARTIFACTS
              if row.get(f"{kind}_uri")}  # parents from before alpha_model lack it
-    fg = decode_image(files["fg"]).image
-    assert fg is not None
+    fg = decode(files["fg"], "rgb")
     new = dict(row, config_hash=cfg.config_hash(), seconds_composite=0.0)
     start = time.perf_counter()
-    composites = _make_composites(row["sample_id"], fg, _gray(files["alpha"]), new, cfg, cache,
-                                  out)
+    alpha = decode(files["alpha"], "grey")
+    new["split"] = composite_split(row["sample_id"], row.get("split"), cfg)
+    composites = make_composites(row["sample_id"], fg, alpha, new["split"], cfg, cache, out,
+                                 new["fg_uri"], new["alpha_uri"])
     new["n_composites"] = len(composites)
     new["seconds_composite"] = time.perf_counter() - start
     return new, composites
@@ -159,13 +156,14 @@ def _rerun(row: dict[str, Any], stage: Stage, cfg: BuildConfig, parent: Location
     if stage == "segment":
         seg = segmenter_for(cfg.segment)
     else:
-        mask = _gray(_reuse(parent, out, row, "mask"))
+        mask = decode(_reuse(parent, out, row, "mask"), "grey")
         has_model = bool(row.get("alpha_model_uri"))
-        prob = _gray(_reuse(parent, out, row, "alpha_model")) if has_model else None
+        prob = decode(_reuse(parent, out, row, "alpha_model"), "grey") if has_model else None
         seg = StoredMask(mask, prob, cfg.trimap.threshold, float(row["presence"]),
                          row["model_id"], row["model_sha256"], model.get("license", ""),
                          model.get("models", {}))
-    return process_sample(row["source_uri"], data, cfg, seg, cache, out)
+    outcome = process_sample(row["source_uri"], data, cfg, seg, cache, out)
+    return outcome.row(cfg, seg), outcome.composites
 
 
 def reprocess_rows(rows: list[dict[str, Any]], stage: Stage, cfg: BuildConfig, parent: Location,
@@ -287,17 +285,22 @@ def reprocess_dataset(
     logger.info("reprocessing %d rows in %d shards from the %s stage (config %s -> %s)",
                 sum(len(r) for _, r in shards), len(shards), stage, old.config_hash(), new_hash)
     sealed = seal_storage(opts)
-    bg_refs = index_backgrounds_task(bg_uri, output, cfg, sealed)
+    loaded = Manifest.load(out)  # a version being resumed keeps its backgrounds' rows
+    bg_rows, bg_refs = index_backgrounds_task(bg_uri, output, cfg, sealed,
+                                              loaded.rows("backgrounds"))
+    loaded.write("backgrounds", manifest.shard_name(0), bg_rows)
     summaries = reprocess_shards.with_options(task_runner=make_task_runner(cfg.run))(
         shards, stage, cfg.model_dump(mode="json"), source, output, bg_uri, bg_refs, model,
         sealed)
+    for table in ("composites", "samples"):  # what the shards committed
+        loaded.reload(table)
     summary = summarize(summaries, time.perf_counter() - started)
-    summary["dataset"] = dataset_counts(out)
+    summary["dataset"] = loaded.counts()
     lineage = {"uri": redact_uri(source), "config_hash": meta["config_hash"],
                "dataset_json_sha256": content_hash(meta_bytes), "reprocessed_from": stage,
                "changes": changes or {}}
     write_record(out, cfg, model, {"input": meta["sources"]["input"],
-                                   "backgrounds": redact_uri(bg_uri)}, summary, lineage,
+                                   "backgrounds": redact_uri(bg_uri)}, summary, loaded, lineage,
                  source_options=opts["input"])
     logger.info("done: %s from the %s stage", json.dumps(summary["dataset"]["by_status"]), stage)
     return summary

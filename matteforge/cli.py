@@ -11,9 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 # Exit codes (docs/inputs.md, "Reliability"): 0 done; 1 verify found problems, or a bug;
 # 2 a mistake in the command or config; 3 the build finished but some inputs failed for the
@@ -37,6 +40,9 @@ class DatasetInvalid(Exception):
 
 
 def _read_rgb(path: str) -> np.ndarray:
+    """A file from anywhere as HxWx3 RGB, read as the build reads its inputs (EXIF, 16-bit,
+    palette, any format Pillow knows; reasons like ``not_an_image``), not with the codec's
+    ``decode``, which is only for files the dataset wrote."""
     from matteforge.tasks.ingest import decode_image
 
     try:
@@ -56,7 +62,7 @@ def _read_gray(path: str) -> np.ndarray:
 
 
 def _write(path: str, image: np.ndarray) -> None:
-    from matteforge.tasks.codec import encode
+    from matteforge.dataset.codec import encode
 
     fmt = "jpg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +76,7 @@ def _same_size(name: str, array: np.ndarray, ref: np.ndarray, ref_name: str) -> 
 
 
 def cmd_mask(args: argparse.Namespace) -> None:
-    from matteforge.tasks.codec import to_uint8
+    from matteforge.dataset.codec import to_uint8
     from matteforge.tasks.segment import is_person, load_segmenter
     from matteforge.tasks.trimap import binarize
 
@@ -94,8 +100,8 @@ def cmd_trimap(args: argparse.Namespace) -> None:
 
 
 def cmd_alpha(args: argparse.Namespace) -> None:
-    from matteforge.tasks.alpha import knn_alpha_with_info
-    from matteforge.tasks.codec import to_uint8
+    from matteforge.dataset.codec import to_uint8
+    from matteforge.tasks.alpha import AlphaOptions, knn_alpha_with_info
 
     image, tri = _read_rgb(args.image), _read_gray(args.trimap)
     _same_size("trimap", tri, image, "image")
@@ -103,7 +109,8 @@ def cmd_alpha(args: argparse.Namespace) -> None:
         print(f"matteforge: warning: {args.trimap} has no unknown (grey) pixels, so the alpha is "
               "that file itself; did you pass a mask? make a trimap first: matteforge trimap "
               "MASK --out TRIMAP.png", file=sys.stderr)
-    alpha, info = knn_alpha_with_info(image, tri, n_neighbors=args.neighbors, device=args.device)
+    options = AlphaOptions(n_neighbors=args.neighbors, device=args.device)
+    alpha, info = knn_alpha_with_info(image, tri, options)
     _write(args.out, to_uint8(alpha))
     print(f"{args.out}: {info.n_unknown} unknown px, {info.iterations} iterations, "
           f"{info.seconds_graph + info.seconds_solve:.2f} s")
@@ -112,7 +119,7 @@ def cmd_alpha(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     """One portrait through the build's own recipe (``tasks/recipe.py``): every file, figures."""
     from matteforge.config import load_config
-    from matteforge.tasks.codec import to_uint8
+    from matteforge.dataset.codec import to_uint8
     from matteforge.tasks.recipe import make_sample
     from matteforge.tasks.segment import is_person, segmenter_for
 
@@ -245,8 +252,8 @@ def _probe_lock(cfg: Any, args: argparse.Namespace) -> None:
 
     The flow takes the lock for real; this is only the early, friendly answer.
     """
-    from matteforge.tasks.lock import OutputLocked, output_lock
-    from matteforge.tasks.storage import locate
+    from matteforge.dataset.lock import OutputLocked, output_lock
+    from matteforge.dataset.storage import locate
 
     storage = _build_storage(cfg, args)
     try:
@@ -266,7 +273,7 @@ def _ingest_flags(args: argparse.Namespace) -> dict[str, Any]:
 def build_params(args: argparse.Namespace) -> dict[str, Any]:
     """The build flow's parameters; credentials (options, ``user:pw@`` in URIs) go sealed."""
     from matteforge.config import seal_storage
-    from matteforge.tasks.storage import redact_uri
+    from matteforge.dataset.storage import redact_uri
 
     storage = _storage_flags(args)
     given = {"input": args.input, "backgrounds": args.backgrounds, "output": args.output}
@@ -282,7 +289,7 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _locked_build(**params: Any) -> dict[str, Any]:
     """:func:`_run_build`, with another build's lock on the output as one line, exit 4."""
-    from matteforge.tasks.lock import OutputLocked
+    from matteforge.dataset.lock import OutputLocked
 
     try:
         return _run_build(**params)
@@ -316,8 +323,8 @@ def _quiet_services(verbose: bool, log_format: str, live: bool) -> None:
 def _preview(cfg: Any, args: argparse.Namespace) -> Any:
     """List and plan before anything starts: an empty input, no backgrounds, a dry run and a
     dataset that is complete already are answered here."""
-    from matteforge.flows.preview import NothingToBuild, check_not_empty, preview
-    from matteforge.tasks.storage import locate
+    from matteforge.dataset.storage import locate
+    from matteforge.steps.preview import NothingToBuild, check_not_empty, preview
 
     storage = _build_storage(cfg, args)
     where = {name: locate(getattr(cfg, name), storage.for_location(name, getattr(cfg, name)))
@@ -333,7 +340,7 @@ def _preview(cfg: Any, args: argparse.Namespace) -> Any:
 
 
 def _say_plan(seen: Any, args: argparse.Namespace) -> None:
-    from matteforge.flows.progress import emit
+    from matteforge.steps.progress import emit
 
     if seen.plan is None:  # the plan needs the model's weights: the flow makes it
         line = f"{len(seen.listing)} input(s) listed, {len(seen.backgrounds)} background(s)"
@@ -361,9 +368,9 @@ def _dry_run(seen: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from matteforge.flows.progress import listening
+    from matteforge.dataset.storage import redact_uri
     from matteforge.progress_view import reporter
-    from matteforge.tasks.storage import redact_uri
+    from matteforge.steps.progress import listening
 
     cfg = _check_build_config(args)
     if args.limit is not None and args.limit < 1:
@@ -430,8 +437,8 @@ def cmd_reprocess(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from matteforge.config import seal_storage
+    from matteforge.dataset.storage import redact_uri
     from matteforge.flows.reprocess import ReprocessError
-    from matteforge.tasks.storage import redact_uri
 
     storage = _storage_flags(args)
     params = {"source": args.source, "output": args.output, "changes": _changes(args),
@@ -464,7 +471,7 @@ def _repair(args: argparse.Namespace) -> None:
     """Redo exactly what is damaged: an incremental build of the dataset's own recipe and
     sources (from dataset.json, or the flags) that checks every file's sha256 first."""
     from matteforge.config import seal_storage
-    from matteforge.verify import recorded_build
+    from matteforge.dataset.verify import recorded_build
 
     storage = _storage_flags(args)
     config, sources = recorded_build(args.dataset, storage)
@@ -486,7 +493,7 @@ def _repair(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from matteforge.config import StorageConfig
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     if args.repair:
         _repair(args)
@@ -506,8 +513,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     """Write ``report/index.html`` again, e.g. for a dataset built before reports existed."""
     from matteforge.config import StorageConfig
-    from matteforge.tasks.report import write_report
-    from matteforge.tasks.storage import locate, redact_uri
+    from matteforge.dataset.report import write_report
+    from matteforge.dataset.storage import locate, redact_uri
 
     storage = StorageConfig.model_validate(_storage_flags(args))
     out = locate(args.dataset, storage.for_location("output", args.dataset))
@@ -539,9 +546,9 @@ def evaluate_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from matteforge.config import unseal_storage
+    from matteforge.dataset.evaluate import format_table
     from matteforge.flows.evaluate import EvaluationError, check_inputs, evaluate_dataset
     from matteforge.prefect_env import prefect_api
-    from matteforge.tasks.evaluate import format_table
 
     params = evaluate_params(args)
     try:
@@ -574,8 +581,25 @@ class _ShowDefaults(argparse.HelpFormatter):
         return text
 
 
+def _default(section: type[BaseModel], name: str) -> Any:
+    """A config field's default: a flag that stands for it follows config.py."""
+    return section.model_fields[name].default
+
+
+def _choices(section: type[BaseModel], name: str) -> list[str]:
+    """A ``Literal`` config field's values, in their order, as a flag's choices."""
+    return list(get_args(section.model_fields[name].annotation))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from matteforge import __version__
+    from matteforge.config import (
+        DEFAULT_MODELS,
+        AlphaConfig,
+        CompositeConfig,
+        RunConfig,
+        TrimapConfig,
+    )
 
     parser = argparse.ArgumentParser(prog="matteforge", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"matteforge {__version__}")
@@ -587,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "built-in default recipe (docs/quality.md).")
     p.add_argument("--config", default=None,
                    help="YAML file or packaged name (permissive, comp1k, demo); default: the "
-                   "built-in recipe with the best measured quality: rvm + MODNet, KNN matting "
-                   "with a closed-form term, the acceptance rule (docs/quality.md)")
+                   f"built-in recipe with the best measured quality: {' + '.join(DEFAULT_MODELS)}"
+                   ", KNN matting with a closed-form term, the acceptance rule (docs/quality.md)")
     p.add_argument("--input", help="folder or fsspec URI of portraits")
     p.add_argument("--backgrounds", help="folder or fsspec URI of backgrounds")
     p.add_argument("--output", help="dataset root (folder or fsspec URI)")
@@ -597,10 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: from "
                    "the config, else one per CPU)")
     p.add_argument("--shard-size", type=int, help="images per Prefect task (default: from "
-                   "the config; 64 without one)")
-    p.add_argument("--mode", choices=["incremental", "overwrite", "retry-failed"],
+                   f"the config; {_default(RunConfig, 'shard_size')} without one)")
+    p.add_argument("--mode", choices=_choices(RunConfig, "mode"),
                    help="skip finished inputs; redo all; redo failed ones too (default: from "
-                   "the config; incremental without one)")
+                   f"the config; {_default(RunConfig, 'mode')} without one)")
     p.add_argument("--follow-links-outside", action="store_true",
                    help="read symbolic links that lead out of the input or backgrounds folder "
                    "(default: such a link becomes a row rejected/outside_input, never opened; "
@@ -681,28 +705,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--out", required=True, help="binary mask PNG (0/255)")
     p.add_argument("--prob", help="also write the probability map as 8-bit PNG")
-    p.add_argument("--model", default="rvm",
+    p.add_argument("--model", default=DEFAULT_MODELS[0],  # the recipe's first model
                    help="rvm, modnet, meet or mediapipe-selfie (one model; `matteforge sample` "
                    "runs the build's ensemble)")
     p.add_argument("--weights", help="own copy of the model weights")
     p.add_argument("--passes", type=int, help="rvm: times the photo is fed (default 2; 1 fastest)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=_default(TrimapConfig, "threshold"))
     p.set_defaults(func=cmd_mask)
 
     p = sub.add_parser("trimap", help="0/128/255 trimap from a mask or probability PNG")
     p.add_argument("mask")
     p.add_argument("--out", required=True)
     p.add_argument("--width", type=int, help="band half-width in px (default: scaled to size)")
-    p.add_argument("--width-fraction", type=float, default=0.01)
-    p.add_argument("--shape", choices=["ellipse", "rect", "cross"], default="ellipse")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--width-fraction", type=float,
+                   default=_default(TrimapConfig, "width_fraction"))
+    p.add_argument("--shape", choices=_choices(TrimapConfig, "kernel_shape"),
+                   default=_default(TrimapConfig, "kernel_shape"))
+    p.add_argument("--threshold", type=float, default=_default(TrimapConfig, "threshold"))
     p.set_defaults(func=cmd_trimap)
 
     p = sub.add_parser("alpha", help="KNN-matting alpha from an image and a trimap")
     p.add_argument("image")
     p.add_argument("trimap")
     p.add_argument("--out", required=True)
-    p.add_argument("--neighbors", type=int, default=10)
+    p.add_argument("--neighbors", type=int, default=_default(AlphaConfig, "n_neighbors"))
     p.add_argument("--device", default=None,
                    help="solve on a torch device ('cuda', 'auto'); default: CPU with AMG")
     p.set_defaults(func=cmd_alpha)
@@ -725,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alpha")
     p.add_argument("bg")
     p.add_argument("--out", required=True)
-    p.add_argument("--mode", choices=["exact", "float"], default="exact")
+    p.add_argument("--mode", choices=_choices(CompositeConfig, "mode"),
+                   default=_default(CompositeConfig, "mode"))
     p.set_defaults(func=cmd_composite)
     return parser
 

@@ -22,7 +22,7 @@ import yaml
 from fsspec.utils import get_protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from matteforge.tasks.retry import RetryPolicy
+from matteforge.dataset.retry import RetryPolicy
 
 
 class _Section(BaseModel):
@@ -152,7 +152,7 @@ class AlphaConfig(_Section):
     tol: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(2000, ge=1)
     search_eps: float = Field(
-        1.0, ge=0.0, description="Approximate neighbour search (0 = exact); see tasks/alpha.py."
+        1.0, ge=0.0, description="Approximate neighbour search (0 = exact); see tasks/alpha/."
     )
     device: str | None = Field(
         "auto",
@@ -361,7 +361,7 @@ class BuildConfig(_Section):
         )
         relevant["segment"].pop("weights_path", None)
         # Which links are read decides which inputs are processed, not how: planning redoes
-        # the outside_input rows when it is switched on (flows/plan.py).
+        # the outside_input rows when it is switched on (matteforge/steps/plan.py).
         relevant["ingest"].pop("follow_links_outside", None)
         # Where the solve runs changes alphas by < 1e-3, below 8-bit output: not a new dataset.
         relevant["alpha"].pop("device", None)

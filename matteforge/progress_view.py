@@ -1,4 +1,4 @@
-"""How a build's progress events (:mod:`matteforge.flows.progress`) look on the command line.
+"""How a build's progress events (:mod:`matteforge.steps.progress`) look on the command line.
 
 * a terminal: a live bar (rich, which Prefect already brings): images done / to do, rate, ETA,
   and the counts by status;

@@ -28,11 +28,12 @@ import torch
 from fsspec.utils import get_protocol
 from torch.utils.data import Dataset
 
+from matteforge.dataset.codec import DecodeMode, decode
+from matteforge.dataset.manifest import read_table
+from matteforge.dataset.storage import Location, locate, read_bytes
 from matteforge.tasks import augment
 from matteforge.tasks.composite import fit_background
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.manifest import read_table
-from matteforge.tasks.storage import Location, locate, read_bytes
 
 CompositeMode = Literal["stored", "on_the_fly"]
 CROP_SCALES = (1.0, 1.5, 2.0)  # crop side / crop_size, as Deep Image Matting's 320/480/640 → 320
@@ -273,23 +274,29 @@ class MattingDataset(Dataset):
         loc = self._locs[protocol]
         return read_bytes(loc, loc.fs._strip_protocol(uri))
 
+    def _own(self, uri: str, mode: DecodeMode) -> np.ndarray:
+        """One of the dataset's own files (fg, merged: ``rgb``; alpha, trimap: ``grey``)."""
+        try:
+            return decode(self._read(uri), mode)
+        except ValueError as exc:
+            raise ValueError(f"{uri} does not decode: {exc}") from None
+
     def _rgb(self, uri: str) -> np.ndarray:
-        decoded = decode_image(self._read(uri), name=uri)
-        if decoded.image is None:
-            raise ValueError(f"{uri} does not decode: {decoded.detail}")
-        return decoded.image
+        return self._own(uri, "rgb")
 
     def _gray(self, uri: str) -> np.ndarray:
-        image = cv2.imdecode(np.frombuffer(self._read(uri), np.uint8), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise ValueError(f"{uri} does not decode as a grey-level image")
-        return image
+        return self._own(uri, "grey")
 
     def _background(self, uri: str) -> np.ndarray:
+        """A background as the build read it: copied or listed files are the user's own, in any
+        format (EXIF, 16-bit, palette ...), so they go through ingest's decoder, not the codec."""
         if uri in self._bg_cache:
             self._bg_cache.move_to_end(uri)
             return self._bg_cache[uri]
-        image = self._rgb(uri)
+        decoded = decode_image(self._read(uri), name=uri)
+        if decoded.image is None:
+            raise ValueError(f"{uri} does not decode: {decoded.detail}")
+        image = decoded.image
         self._bg_cache[uri] = image
         if len(self._bg_cache) > _BACKGROUND_CACHE:
             self._bg_cache.popitem(last=False)

@@ -1,7 +1,7 @@
 """Batched Jacobi-preconditioned conjugate gradients in torch, for solving KNN-matting systems on a
 GPU.
 
-The CPU path (``tasks.alpha``) preconditions CG with an algebraic-multigrid V-cycle, whose
+The CPU path (``tasks.alpha.cg``) preconditions CG with an algebraic-multigrid V-cycle, whose
 Gauss–Seidel smoother is sequential and does not map onto a GPU. Jacobi needs ~40x more
 iterations, but each one is a sparse matrix–vector product and a few vector updates, which a GPU
 runs in well under a millisecond at 1 MP; several images' systems are stacked block-diagonally and
@@ -69,7 +69,7 @@ def batched_jacobi_cg(
     """Solve each SPD system M_i x_i = b_i by Jacobi-preconditioned CG, all in one batch.
 
     Returns one ``(x, iterations, relative_residual)`` per system, the contract of
-    ``tasks.alpha.solve_system``: a block that has not converged within ``max_iter`` reports it
+    ``tasks.alpha.cg.solve_system``: a block that has not converged within ``max_iter`` reports it
     through its residual ‖b − Mx‖/‖b‖ (computed again from the returned x), and b = 0 gives
     x = 0 after no iterations. A converged block stops moving while the others go on.
     float64 throughout: float32 CG stalls near a relative residual of 1e-6 on these systems.

@@ -4,7 +4,7 @@ KNN matting links pixels of the same colour anywhere in the band, which carries 
 where the trimap knows it to where it does not; it says little about how alpha varies between
 two neighbours. The closed-form Laplacian says exactly that: inside every 3×3 window alpha is an
 affine function of the colour (the colour-line model), so a soft edge follows the image's own
-gradient. The two terms are added (``tasks/alpha.py``, ``alpha.cf_weight``); KNN matting stays
+gradient. The two terms are added (``tasks/alpha/``, ``alpha.cf_weight``); KNN matting stays
 the method the data is named after.
 
 Only windows that touch an unknown pixel matter: every other window links known pixels only,

@@ -1,8 +1,8 @@
 """One portrait's recipe: model maps → trimap → alpha → foreground → quality figures → verdict.
 
-The build (``flows/shard.py``), the stage commands and every benchmark call :func:`make_sample`,
-so a benchmark measures exactly what the build makes. Pure: arrays and a config in, arrays and
-figures out; no I/O, no Prefect.
+The build (``matteforge/steps/shard.py``), the stage commands and every benchmark call
+:func:`make_sample`, so a benchmark measures exactly what the build makes. Pure: arrays and a
+config in, arrays and figures out; no I/O, no Prefect.
 
 With two or more models their maps are evidence for each other:
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from matteforge.config import BuildConfig
+from matteforge.dataset.codec import to_uint8
 from matteforge.tasks import trimap as trimaps
-from matteforge.tasks.alpha import AlphaInfo, knn_alpha_with_info
-from matteforge.tasks.codec import to_uint8
+from matteforge.tasks.alpha import AlphaInfo, AlphaOptions, knn_alpha_with_info
 from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.quality import judge, model_disagreement, quality_figures
 
@@ -123,13 +123,14 @@ def make_sample(image: np.ndarray, maps: Mapping[str, np.ndarray], cfg: BuildCon
 
     a = cfg.alpha
     with timed("alpha"):
-        alpha, info = knn_alpha_with_info(
-            image, tri, n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
+        options = AlphaOptions(
+            n_neighbors=a.n_neighbors, spatial_weight=a.spatial_weight,
             constraint_weight=math.inf if a.constraint_weight is None else a.constraint_weight,
-            prior=probability,
-            prior_weight=prior_weights(maps, a.prior_weight, a.prior_confidence),
-            tol=a.tol, max_iter=a.max_iter, search_eps=a.search_eps, device=a.device,
-            cf_weight=a.cf_weight)
+            prior_weight=a.prior_weight, tol=a.tol, max_iter=a.max_iter,
+            search_eps=a.search_eps, device=a.device, cf_weight=a.cf_weight)
+        alpha, info = knn_alpha_with_info(
+            image, tri, options, prior=probability,
+            prior_weight=prior_weights(maps, a.prior_weight, a.prior_confidence))
         alpha8 = to_uint8(alpha)
 
     with timed("foreground"):

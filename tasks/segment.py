@@ -25,28 +25,18 @@ import torch
 
 from matteforge.config import SegmentConfig, UserModelConfig
 from matteforge.models.backends import (
-    SELFIE_WEIGHTS,
     MatteBackend,
     as_rgb,
     letterbox,
     load_backend,
     long_side_size,
 )
-from matteforge.models.tflite_torch import TFLiteModule, load_tflite
-from matteforge.models.weights import WheelMember, resolve_weights, sha256_file
+from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
+from matteforge.models.registry import FACE_WEIGHTS
+from matteforge.models.weights import resolve_weights, sha256_file
 from matteforge.tasks.recipe import ensemble_map
 
-__all__ = ["SELFIE_WEIGHTS", "letterbox"]  # re-exported: older callers import them from here
-
 DEFAULT_MODEL = "rvm"  # lowest mask error measured (docs/segment.md); configs/permissive.yaml
-FACE_WEIGHTS = WheelMember(
-    model_id="mediapipe-face-detection-short-range@0.10.21",
-    requirement="mediapipe==0.10.21",
-    member="mediapipe/modules/face_detection/face_detection_short_range.tflite",
-    sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
-    license="Apache-2.0 (MediaPipe, Google)",
-    env_var="MATTEFORGE_FACE_WEIGHTS",
-)
 # Backends whose own mask the presence rules below were calibrated on; any other backend (meet
 # hallucinates people on coffee and wallpapers) gets its presence evidence from the selfie mask.
 PRESENCE_CALIBRATED = frozenset({"rvm", "mediapipe-selfie", "selfie"})

@@ -12,32 +12,34 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, cg
 
 from matteforge.metrics import sad, unknown_region
-from matteforge.tasks.alpha import (
-    AlphaInfo,
+from matteforge.tasks.alpha import AlphaInfo, AlphaOptions, knn_alpha_with_info
+from matteforge.tasks.alpha.amg import ruge_stuben_hierarchy, strict_upper, v_cycle
+from matteforge.tasks.alpha.cg import preconditioned_cg, solve_system
+from matteforge.tasks.alpha.graph import (
+    floating_nodes,
+    graph_components,
+    graph_laplacian,
+    knn_affinity,
+    knn_features,
+    knn_weights,
+    nearest_neighbors,
+)
+from matteforge.tasks.alpha.system import (
     band_mask,
     default_band_radius,
     drop_components,
     eliminated_knn_system,
     eliminated_system,
-    floating_nodes,
-    graph_components,
-    graph_laplacian,
-    knn_affinity,
-    knn_alpha,
-    knn_alpha_with_info,
-    knn_features,
-    knn_weights,
-    nearest_neighbors,
-    preconditioned_cg,
-    ruge_stuben_hierarchy,
     soft_constrained_system,
-    solve_system,
     split_trimap,
-    strict_upper,
-    v_cycle,
 )
 
 P3M = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3m_figure_gt"
+
+
+def _alpha(image: np.ndarray, trimap: np.ndarray, prior=None, **options) -> np.ndarray:
+    """The alpha alone; ``options`` are ``AlphaOptions`` fields."""
+    return knn_alpha_with_info(image, trimap, AlphaOptions(**options), prior)[0]
 
 
 def _path_laplacian(n: int) -> sp.csr_matrix:
@@ -402,7 +404,7 @@ def test_one_row_between_known_ends_is_a_ramp_set_by_the_link_weights():
     # pixel (index 2) to the first foreground one (index 13). Unknown pixels pick each other,
     # so inner links count twice, while the two end links are picked from one side only (known
     # pixels do not search): the chain is a resistor ladder of lengths 2, 1 × 9, 2.
-    alpha = knn_alpha(image, trimap, n_neighbors=2, band_radius=20, tol=1e-10)
+    alpha = _alpha(image, trimap, n_neighbors=2, band_radius=20, tol=1e-10)
     np.testing.assert_allclose(alpha[0, 3:13], np.arange(2, 12) / 13, atol=1e-6)
 
 
@@ -411,7 +413,7 @@ def test_finite_constraint_weight_keeps_the_papers_full_graph():
     trimap = np.array([[0] * 3 + [128] * 10 + [255] * 3], np.uint8)
     # Every band pixel searches there, so every link of the chain counts twice: a linear ramp
     # (up to the soft constraint's pull of 1/λ on the known ends).
-    alpha = knn_alpha(
+    alpha = _alpha(
         image, trimap, n_neighbors=2, band_radius=20, tol=1e-12, constraint_weight=1e8
     )
     np.testing.assert_allclose(alpha[0, 3:13], (np.arange(3, 13) - 2) / 11, atol=1e-4)
@@ -429,7 +431,7 @@ def test_known_pixels_are_exact_and_output_is_float32_in_unit_range():
 
 def test_unknown_band_takes_its_colour_side():
     image, trimap = _synthetic()
-    alpha = knn_alpha(image, trimap)
+    alpha = _alpha(image, trimap)
     h, w = trimap.shape
     yy, xx = np.mgrid[:h, :w]
     inside = np.hypot(yy - h / 2, xx - w / 2) < min(h, w) / 3
@@ -450,16 +452,16 @@ def test_trimap_without_unknown_is_returned_as_alpha():
 def test_all_unknown_returns_the_prior():
     image, _ = _synthetic(20, 24)
     trimap = np.full((20, 24), 128, np.uint8)
-    np.testing.assert_array_equal(knn_alpha(image, trimap), 0.5)
+    np.testing.assert_array_equal(_alpha(image, trimap), 0.5)
     prior = np.linspace(0, 1, 20 * 24).reshape(20, 24)
-    np.testing.assert_allclose(knn_alpha(image, trimap, prior=prior), prior, atol=1e-7)
+    np.testing.assert_allclose(_alpha(image, trimap, prior=prior), prior, atol=1e-7)
 
 
 def test_all_unknown_with_prior_weight_smooths_the_prior():
     image, _ = _synthetic(20, 24)
     trimap = np.full((20, 24), 128, np.uint8)
     prior = np.full((20, 24), 0.8)
-    alpha = knn_alpha(image, trimap, prior=prior, prior_weight=1.0)
+    alpha = _alpha(image, trimap, prior=prior, prior_weight=1.0)
     np.testing.assert_allclose(alpha, 0.8, atol=1e-4)
 
 
@@ -467,7 +469,7 @@ def test_unknown_region_without_known_pixels_in_its_graph_takes_the_prior():
     image, trimap = _synthetic()
     # With a zero band radius no known pixel joins the graph: the system would be singular.
     alpha, info = knn_alpha_with_info(
-        image, trimap, band_radius=0, prior=np.full(trimap.shape, 0.3)
+        image, trimap, AlphaOptions(band_radius=0), prior=np.full(trimap.shape, 0.3)
     )
     np.testing.assert_allclose(alpha[trimap == 128], 0.3, atol=1e-7)
     assert info.iterations == 0
@@ -476,7 +478,7 @@ def test_unknown_region_without_known_pixels_in_its_graph_takes_the_prior():
 def test_strong_prior_weight_pulls_alpha_to_the_prior():
     image, trimap = _synthetic()
     prior = np.full(trimap.shape, 0.25)
-    alpha = knn_alpha(image, trimap, prior=prior, prior_weight=1e6)
+    alpha = _alpha(image, trimap, prior=prior, prior_weight=1e6)
     np.testing.assert_allclose(alpha[trimap == 128], 0.25, atol=1e-3)
 
 
@@ -489,21 +491,21 @@ def test_non_contiguous_bands_are_solved_together():
     assert info.n_unknown == (trimap == 128).sum()
     assert (alpha[trimap == 0] == 0).all() and (alpha[trimap == 255] == 1).all()
     # Each half comes out as it does when solved alone.
-    np.testing.assert_allclose(alpha[:, :48], knn_alpha(*_synthetic()), atol=0.05)
-    np.testing.assert_allclose(alpha[:, 78:], knn_alpha(right_image, right_trimap), atol=0.05)
+    np.testing.assert_allclose(alpha[:, :48], _alpha(*_synthetic()), atol=0.05)
+    np.testing.assert_allclose(alpha[:, 78:], _alpha(right_image, right_trimap), atol=0.05)
 
 
 def test_graph_covers_only_the_band():
     image, trimap = _synthetic(80, 96)
-    _, info = knn_alpha_with_info(image, trimap, band_radius=2)
+    _, info = knn_alpha_with_info(image, trimap, AlphaOptions(band_radius=2))
     assert info.n_graph == band_mask(trimap == 128, 2).sum()
     assert info.n_graph < 0.5 * trimap.size
 
 
 def test_soft_constraints_agree_with_exact_elimination():
     image, trimap = _synthetic()
-    exact = knn_alpha(image, trimap)
-    soft = knn_alpha(image, trimap, constraint_weight=100.0)
+    exact = _alpha(image, trimap)
+    soft = _alpha(image, trimap, constraint_weight=100.0)
     assert np.abs(exact - soft)[trimap == 128].mean() < 0.02
     assert (soft[trimap == 255] == 1).all() and (soft[trimap == 0] == 0).all()
 
@@ -511,7 +513,7 @@ def test_soft_constraints_agree_with_exact_elimination():
 def test_float_image_in_unit_range_matches_uint8():
     image, trimap = _synthetic()
     np.testing.assert_allclose(
-        knn_alpha(image / 255.0, trimap), knn_alpha(image, trimap), atol=1e-4
+        _alpha(image / 255.0, trimap), _alpha(image, trimap), atol=1e-4
     )
 
 
@@ -520,19 +522,19 @@ def test_float_image_in_unit_range_matches_uint8():
 )
 def test_mismatched_inputs_are_rejected(image_shape, trimap_shape):
     with pytest.raises(ValueError):
-        knn_alpha(np.zeros(image_shape, np.uint8), np.zeros(trimap_shape, np.uint8))
+        _alpha(np.zeros(image_shape, np.uint8), np.zeros(trimap_shape, np.uint8))
 
 
 def test_integer_images_other_than_uint8_are_rejected():
     image, trimap = _synthetic()
     with pytest.raises(ValueError):
-        knn_alpha(image.astype(np.uint16) * 257, trimap)
+        _alpha(image.astype(np.uint16) * 257, trimap)
 
 
 def test_non_positive_constraint_weight_is_rejected():
     image, trimap = _synthetic()
     with pytest.raises(ValueError):
-        knn_alpha(image, trimap, constraint_weight=0.0)
+        _alpha(image, trimap, constraint_weight=0.0)
 
 
 # --- quality on real portraits -------------------------------------------------------------------
@@ -582,7 +584,7 @@ def test_real_portrait_keeps_known_pixels_and_beats_half_grey():
     ((image, gt),) = _portraits(["p3m_fig_b3.png"])
     trimap = _trimap_from_alpha(gt, radius=10)
     region = unknown_region(trimap)
-    alpha = knn_alpha(image, trimap)
+    alpha = _alpha(image, trimap)
     assert (alpha[trimap == 255] == 1).all() and (alpha[trimap == 0] == 0).all()
     assert sad(alpha, gt, region) < 0.5 * sad(np.full(gt.shape, 0.5), gt, region)
 
@@ -592,8 +594,8 @@ def test_amg_and_jacobi_give_the_same_alpha_on_a_real_crop():
     ((image, gt),) = _portraits(["p3m_fig_a2.png"])
     image, gt = image[:240], gt[:240]
     trimap = _trimap_from_alpha(gt)
-    amg, amg_info = knn_alpha_with_info(image, trimap, preconditioner="amg")
-    jacobi, jacobi_info = knn_alpha_with_info(image, trimap, preconditioner="jacobi")
+    amg, amg_info = knn_alpha_with_info(image, trimap, AlphaOptions(preconditioner="amg"))
+    jacobi, jacobi_info = knn_alpha_with_info(image, trimap, AlphaOptions(preconditioner="jacobi"))
     assert amg_info.residual <= 1e-6 and jacobi_info.residual <= 1e-6
     assert amg_info.iterations < jacobi_info.iterations / 5
     assert np.abs(amg - jacobi).max() < 1e-3

@@ -8,12 +8,8 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import spsolve
 
-from matteforge.tasks.alpha import (
-    knn_alpha_batch,
-    knn_alpha_with_info,
-    resolve_solver_device,
-    solve_system,
-)
+from matteforge.tasks.alpha import AlphaOptions, knn_alpha_batch, knn_alpha_with_info
+from matteforge.tasks.alpha.cg import resolve_solver_device, solve_system
 from matteforge.tasks.alpha_torch import batched_jacobi_cg, resolve_device, torch_jacobi_cg
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -104,7 +100,7 @@ def test_mismatched_batch_is_refused():
 def test_knn_alpha_through_torch_agrees_with_the_amg_path():
     image, trimap = _textured_disk()
     reference, info = knn_alpha_with_info(image, trimap)
-    through_torch, torch_info = knn_alpha_with_info(image, trimap, device="cpu")
+    through_torch, torch_info = knn_alpha_with_info(image, trimap, AlphaOptions(device="cpu"))
     np.testing.assert_allclose(through_torch, reference, atol=2e-3)
     assert torch_info.residual <= 1e-6 < 1e-3
     # Jacobi needs more iterations than a multigrid preconditioner on the same system.
@@ -118,7 +114,7 @@ def test_a_batch_of_images_matches_solving_them_one_by_one(device):
     no_unknown = np.where(trimap == 255, 255, 0).astype(np.uint8)
     images = [image, flipped_image, image]
     trimaps = [trimap, flipped_trimap, no_unknown]
-    batch = knn_alpha_batch(images, trimaps, device=device)
+    batch = knn_alpha_batch(images, trimaps, AlphaOptions(device=device))
     assert len(batch) == 3
     for img, tri, (alpha, info) in zip(images, trimaps, batch, strict=True):
         alone, alone_info = knn_alpha_with_info(img, tri)
@@ -134,7 +130,7 @@ def test_a_batch_of_images_matches_solving_them_one_by_one(device):
 def test_a_batch_refuses_unpaired_inputs():
     image, trimap = _textured_disk()
     with pytest.raises(ValueError, match="pair up"):
-        knn_alpha_batch([image, image], [trimap], device=None)
+        knn_alpha_batch([image, image], [trimap])
 
 
 def test_solve_system_routes_to_torch_for_a_torch_device():
@@ -155,6 +151,6 @@ def test_without_cuda_auto_means_the_scipy_path_and_cuda_is_a_clear_error():
 @needs_cuda
 def test_knn_alpha_on_the_gpu_matches_the_cpu():
     image, trimap = _textured_disk()
-    on_gpu = knn_alpha_with_info(image, trimap, device="cuda")[0]
-    on_cpu = knn_alpha_with_info(image, trimap, device="cpu")[0]
+    on_gpu = knn_alpha_with_info(image, trimap, AlphaOptions(device="cuda"))[0]
+    on_cpu = knn_alpha_with_info(image, trimap, AlphaOptions(device="cpu"))[0]
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-5)

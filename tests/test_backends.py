@@ -13,7 +13,6 @@ from skimage import data
 from matteforge.metrics import sad
 from matteforge.models.backends import (
     BACKENDS,
-    HUMAN_MODELS,
     RVM_PASSES,
     RVM_SIZES,
     RVM_STATES,
@@ -24,6 +23,7 @@ from matteforge.models.backends import (
     resize,
     to_full_size,
 )
+from matteforge.models.registry import HUMAN_MODELS
 from matteforge.tasks.composite import composite, fit_background
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

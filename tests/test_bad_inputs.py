@@ -23,12 +23,13 @@ from badinputs import CATALOGUE, Kind, declared_size_png, encode, exif_rotated, 
 from PIL import Image
 
 from matteforge.config import IngestConfig
-from matteforge.flows.duplicates import DUPLICATE, resolve_duplicates
-from matteforge.flows.plan import InputFile, plan_build
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.storage import FileTooLarge, list_file_sizes, locate, read_bytes
+from matteforge.dataset.unreadable import read_failure
+from matteforge.steps.duplicates import DUPLICATE, resolve_duplicates
+from matteforge.steps.plan import InputFile, plan_build
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.storage import FileTooLarge, list_file_sizes, locate, read_bytes
-from matteforge.tasks.unreadable import read_failure
 
 INGEST = IngestConfig()
 
@@ -242,7 +243,7 @@ def test_duplicates_across_shards_keep_the_smallest_uri_and_drop_the_others_comp
                                                                 _composite("s2")])
     manifest.write_table(loc, "samples", "shard-b.parquet",
                          [_row("/in/a.png", "s1"), _row("/in/b.png", "s2")])
-    assert resolve_duplicates(loc) == 1
+    assert resolve_duplicates(Manifest.load(loc)) == 1
     samples = {r["source_uri"]: r for r in manifest.read_table(loc, "samples").to_pylist()}
     assert samples["/in/a.png"]["status"] == "ok"
     z = samples["/in/z.png"]
@@ -253,7 +254,7 @@ def test_duplicates_across_shards_keep_the_smallest_uri_and_drop_the_others_comp
     assert manifest.shard_run(manifest.read_shards(loc, "samples")["shard-a.parquet"]) == {
         "seconds": 1.0}
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
-    assert resolve_duplicates(loc) == 0  # a second pass has nothing to do and writes nothing
+    assert resolve_duplicates(Manifest.load(loc)) == 0  # nothing to do: no write
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")} == before
 
 

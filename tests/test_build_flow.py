@@ -215,7 +215,7 @@ def test_verify_passes_on_the_build_and_lists_damage(demo_build, tmp_path, capsy
     import shutil
 
     from matteforge.cli import main
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     report = verify_dataset(str(demo_build))
     assert report.ok, report.problems
@@ -246,7 +246,7 @@ def _run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
 def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_build, tmp_path):
     import shutil
 
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     copy = tmp_path / "copy"
     shutil.copytree(demo_build, copy)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from matteforge.tasks.alpha import knn_alpha_with_info
+from matteforge.tasks.alpha import AlphaOptions, knn_alpha_with_info
 from matteforge.tasks.closed_form import closed_form_system, window_entries
 
 
@@ -62,7 +62,7 @@ def test_closed_form_term_follows_a_soft_edge_the_colour_line_model_explains():
     trimap[:, :10] = 0
     trimap[:, 30:] = 255
     knn_only, _ = knn_alpha_with_info(image, trimap)
-    mixed, _ = knn_alpha_with_info(image, trimap, cf_weight=100.0)
+    mixed, _ = knn_alpha_with_info(image, trimap, AlphaOptions(cf_weight=100.0))
     err_knn = np.abs(knn_only - truth[None]).mean()
     err_mixed = np.abs(mixed - truth[None]).mean()
     assert err_mixed < 0.02 and err_mixed < err_knn
@@ -73,7 +73,7 @@ def test_cf_weight_needs_exact_elimination():
     trimap = np.full((6, 6), 128, np.uint8)
     trimap[:, 0], trimap[:, -1] = 0, 255
     with pytest.raises(ValueError, match="cf_weight"):
-        knn_alpha_with_info(image, trimap, cf_weight=1.0, constraint_weight=100.0)
+        knn_alpha_with_info(image, trimap, AlphaOptions(cf_weight=1.0, constraint_weight=100.0))
 
 
 def test_per_pixel_prior_weight_pulls_only_where_it_is_set():
@@ -82,8 +82,8 @@ def test_per_pixel_prior_weight_pulls_only_where_it_is_set():
     prior = np.full((1, 12), 0.9)
     weights = np.zeros((1, 12))
     weights[0, 2] = 1000.0  # only the first unknown pixel is held to the prior
-    alpha, _ = knn_alpha_with_info(image, trimap, n_neighbors=2, prior=prior,
-                                   prior_weight=weights, band_radius=10)
+    alpha, _ = knn_alpha_with_info(image, trimap, AlphaOptions(n_neighbors=2, band_radius=10),
+                                   prior=prior, prior_weight=weights)
     assert alpha[0, 2] == pytest.approx(0.9, abs=0.01)
     with pytest.raises(ValueError, match="shape"):
         knn_alpha_with_info(image, trimap, prior=prior, prior_weight=np.ones((2, 2)))

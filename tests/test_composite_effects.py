@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from matteforge.config import load_config
-from matteforge.flows.shard import BackgroundRef, run_shard
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate
+from matteforge.steps.shard import BackgroundRef, ShardJob, run_shard
 from matteforge.tasks.composite import composite, fit_background
 from matteforge.tasks.effects import (
     apply_background_effects,
@@ -19,7 +20,6 @@ from matteforge.tasks.effects import (
     specs_from_json,
 )
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.storage import locate
 
 
 def _read(path: Path) -> np.ndarray:
@@ -41,8 +41,8 @@ def _shard(tmp_path: Path, astronaut: np.ndarray, coffee: np.ndarray,
     cfg = load_config("demo", **{"composite.effects": effects,
                                  "composite.per_foreground_train": 2,
                                  "composite.per_foreground_test": 2})
-    run_shard("s", [str(src / "astronaut.png")], cfg.model_dump(mode="json"), str(src),
-              str(bgs), refs, str(out))
+    run_shard(ShardJob("s", [str(src / "astronaut.png")], cfg.model_dump(mode="json"),
+                       str(src), str(bgs), str(out), refs))
     loc = locate(str(out))
     return (out, manifest.read_table(loc, "samples").to_pylist(),
             manifest.read_table(loc, "composites").to_pylist())

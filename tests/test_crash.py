@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from portraits import resized_copies
 
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import TEMP_DIR, locate
-from matteforge.verify import verify_dataset
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import TEMP_DIR, locate
+from matteforge.dataset.verify import verify_dataset
 
 N_INPUTS = 6
 
@@ -178,7 +178,9 @@ def test_builds_sigkilled_at_random_points_then_rerun_give_a_complete_verified_d
 
 def test_a_composites_file_without_its_samples_file_is_uncommitted_and_removed(tmp_path):
     """What a kill between a shard's two manifest writes leaves; the next build's first step."""
-    from matteforge.flows.build import _recover
+    import logging
+
+    from matteforge.flows.build import recover
 
     loc = locate(str(tmp_path))
     row = {"composite_id": "a_b", "sample_id": "a", "bg_id": "b", "merged_uri": "merged/a_b.png"}
@@ -187,7 +189,8 @@ def test_a_composites_file_without_its_samples_file_is_uncommitted_and_removed(t
     (tmp_path / TEMP_DIR / ".tmp-0-a.png").write_bytes(b"half")
     problems = verify_dataset(str(tmp_path)).problems
     assert any("shard-killed.parquet has no samples file" in p for p in problems)
-    assert _recover(loc) == ["shard-killed.parquet"]
+    loaded, damage = recover(loc, False, logging.getLogger("test"))
+    assert loaded.rows("composites") == [] and damage.sources == set()
     assert list((tmp_path / "manifest" / "composites").iterdir()) == []
     assert not (tmp_path / TEMP_DIR).exists()
 

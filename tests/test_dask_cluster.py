@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import loopback
 import pandas as pd
 import pytest
 from PIL import Image
 
-from matteforge import loopback
+from matteforge.dataset.verify import verify_dataset
 from matteforge.demo import prepare_demo_data
-from matteforge.verify import verify_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import loopback
 import pytest
 import yaml
 
-from matteforge import loopback
 from matteforge.demo import prepare_demo_data
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ from conftest import shared_data
 from PIL import Image
 
 from matteforge import metrics
+from matteforge.dataset import evaluate as ev
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate
 from matteforge.flows.evaluate import EvaluationError, ground_truth_files, score_dataset
-from matteforge.tasks import evaluate as ev
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import locate
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -267,15 +267,16 @@ def test_cli_refuses_bad_inputs_in_one_line_before_starting_prefect(tmp_path, ca
 def _build(out: Path, gt_root: Path, stems: list[str], model: str) -> None:
     """A real small dataset of P3M portraits: one shard, run in-process without Prefect."""
     from matteforge.config import load_config
-    from matteforge.flows.shard import BackgroundRef, run_shard
+    from matteforge.steps.shard import BackgroundRef, ShardJob, run_shard
     from matteforge.tasks.ingest import content_hash
 
     bg = shared_data("backgrounds", "mate_Aqua.jpg")
     cfg = load_config("demo", **{"segment.model": model, "composite.per_foreground_train": 1,
                                  "composite.per_foreground_test": 1})
-    run_shard("s", [str(gt_root / "image" / f"{s}.png") for s in stems],
-              cfg.model_dump(mode="json"), str(gt_root / "image"), str(bg.parent),
-              [BackgroundRef(content_hash(bg.read_bytes())[:20], str(bg), "bg.jpg")], str(out))
+    run_shard(ShardJob("s", [str(gt_root / "image" / f"{s}.png") for s in stems],
+                       cfg.model_dump(mode="json"), str(gt_root / "image"), str(bg.parent),
+                       str(out),
+                       [BackgroundRef(content_hash(bg.read_bytes())[:20], str(bg), "bg.jpg")]))
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

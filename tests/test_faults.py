@@ -186,8 +186,8 @@ def test_the_dataset_card_loads_with_hugging_face_datasets(dataset, tmp_path):
 def test_a_second_build_is_refused_while_another_holds_the_lock(dataset):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from matteforge.tasks.lock import output_lock\n"
-         "from matteforge.tasks.storage import locate\n"
+         "from matteforge.dataset.lock import output_lock\n"
+         "from matteforge.dataset.storage import locate\n"
          f"with output_lock(locate({str(dataset['out'])!r})):\n"
          "    print('held', flush=True); time.sleep(120)\n"],
         stdout=subprocess.PIPE, text=True)

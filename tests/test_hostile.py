@@ -21,12 +21,8 @@ import pytest
 from PIL import Image
 
 from matteforge.config import BuildConfig, check_locations
-from matteforge.flows.build import _shards
-from matteforge.flows.plan import InputFile, plan_build
-from matteforge.flows.shard import _stage_failure
-from matteforge.tasks import manifest
-from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.storage import (
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import (
     NotRegularFile,
     OutsideInput,
     WriteFailed,
@@ -38,8 +34,12 @@ from matteforge.tasks.storage import (
     wire_path,
     write_bytes_atomic,
 )
-from matteforge.tasks.unreadable import MACHINE_REASONS, read_failure
-from matteforge.verify import find_damage, verify_dataset
+from matteforge.dataset.unreadable import MACHINE_REASONS, read_failure
+from matteforge.dataset.verify import find_damage, verify_dataset
+from matteforge.flows.build import _shards
+from matteforge.steps.plan import InputFile, plan_build
+from matteforge.steps.shard import _stage_failure
+from matteforge.tasks.ingest import decode_image
 
 BAD_NAME = os.fsdecode(b"caf\xe9\xff portrait.png")  # Latin-1 bytes: legal on Linux, not UTF-8
 
@@ -89,8 +89,8 @@ def test_a_folder_the_build_may_not_enter_becomes_a_row(tmp_path):
     locked.chmod(0)
     try:
         proc = _unprivileged(
-            "from matteforge.tasks.storage import list_file_sizes, locate, read_input\n"
-            "from matteforge.tasks.unreadable import read_failure\n"
+            "from matteforge.dataset.storage import list_file_sizes, locate, read_input\n"
+            "from matteforge.dataset.unreadable import read_failure\n"
             f"loc = locate({str(tmp_path)!r})\n"
             "for path, size in list_file_sizes(loc, ['.png']):\n"
             "    try:\n"
@@ -287,22 +287,23 @@ def _frame(photo: np.ndarray, shift: int) -> bytes:
 
 
 def test_frames_of_one_clip_share_a_group_and_a_split_across_runs(astronaut, coffee):
-    from matteforge.flows.groups import group_inputs
+    from matteforge.steps.groups import group_inputs, known_groups
     from matteforge.tasks.fingerprint import fingerprint
 
     frames = {f"/in/frame-{i}.jpg": fingerprint(_frame(astronaut, 2 * i), 10**8)
               for i in range(4)}
     other = {"/in/cup.jpg": fingerprint(_frame(coffee, 0), 10**8)}
     assert len({sid for sid, _ in frames.values()}) == 4  # four different files
-    first = group_inputs({**frames, **other}, [], 10, seed=0, test_fraction=0.5)
+    first = group_inputs({**frames, **other}, ({}, {}), 10, seed=0, test_fraction=0.5)
     assert len({first[k][1] for k in frames}) == 1  # one group ...
     assert len({first[k][2] for k in frames}) == 1  # ... and one split
     assert first["/in/cup.jpg"][1] != first["/in/frame-0.jpg"][1]
     # a later run: the group keeps its id and its split, whatever the new frame's own id says
     rows = [{"sample_id": frames[k][0], "phash": first[k][0], "group_id": first[k][1],
              "status": "ok", "split": "test"} for k in frames]
-    later = group_inputs({"/in/frame-9.jpg": fingerprint(_frame(astronaut, 9), 10**8)}, rows,
+    later = group_inputs({"/in/frame-9.jpg": fingerprint(_frame(astronaut, 9), 10**8)},
+                         known_groups(rows),
                          10, seed=0, test_fraction=0.0)
     assert later["/in/frame-9.jpg"][1:] == (first["/in/frame-0.jpg"][1], "test")
-    alone = group_inputs({**frames, **other}, [], None, seed=0, test_fraction=0.5)
+    alone = group_inputs({**frames, **other}, ({}, {}), None, seed=0, test_fraction=0.5)
     assert {alone[k][1] for k in frames} == {sid for sid, _ in frames.values()}

@@ -21,10 +21,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import loopback
 import pytest
 import yaml
 
-from matteforge import loopback
 from matteforge.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,16 +24,16 @@ from pathlib import Path
 import pytest
 from s3server import moto_endpoint
 
-from matteforge.tasks import lock
-from matteforge.tasks.lock import LOCK_NAME, OutputLocked, output_lock
-from matteforge.tasks.storage import Location, locate
+from matteforge.dataset import lock
+from matteforge.dataset.lock import LOCK_NAME, OutputLocked, output_lock
+from matteforge.dataset.storage import Location, locate
 
 HOST = socket.gethostname()
 # A process that takes the lock, says so, and holds it until its stdin closes (or it is killed).
 HOLD = """
 import sys
-from matteforge.tasks.lock import output_lock
-from matteforge.tasks.storage import locate
+from matteforge.dataset.lock import output_lock
+from matteforge.dataset.storage import locate
 with output_lock(locate(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.readline()
@@ -41,8 +41,8 @@ with output_lock(locate(sys.argv[1])):
 # A process that tries to take the lock and prints what it was told.
 TRY = """
 import sys
-from matteforge.tasks.lock import OutputLocked, output_lock
-from matteforge.tasks.storage import locate
+from matteforge.dataset.lock import OutputLocked, output_lock
+from matteforge.dataset.storage import locate
 try:
     with output_lock(locate(sys.argv[1])):
         print("acquired")

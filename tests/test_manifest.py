@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pyarrow.dataset as ds
 
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import locate
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate
 
 
 def test_rows_round_trip_with_schema_metadata(tmp_path):
@@ -83,7 +83,7 @@ def test_processes_that_read_shards_exit_cleanly(tmp_path):
     for i in range(4):
         manifest.write_table(loc, "samples", manifest.shard_name(i),
                              [{"sample_id": f"{i:020d}", "status": "ok", "reason": ""}])
-    script = ("from matteforge.tasks import manifest; from matteforge.tasks.storage import "
+    script = ("from matteforge.dataset import manifest; from matteforge.dataset.storage import "
               f"locate; loc = locate({str(tmp_path)!r}); "
               "assert len(manifest.read_shards(loc, 'samples')) == 4")
     codes = [subprocess.run([sys.executable, "-c", script], capture_output=True).returncode

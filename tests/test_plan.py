@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from matteforge.flows.plan import InputFile, plan_build, stale_rows
+from matteforge.steps.plan import InputFile, plan_build, stale_rows
 
 
 def _row(uri: str, status: str = "ok", config: str = "c1", model: str = "m1",

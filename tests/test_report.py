@@ -21,18 +21,18 @@ from conftest import shared_data
 from PIL import Image
 
 from matteforge.config import load_config
-from matteforge.flows.shard import BackgroundRef, run_shard
-from matteforge.flows.stats import dataset_stats, summarize
-from matteforge.tasks import manifest
-from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.report import (
+from matteforge.dataset import manifest
+from matteforge.dataset.report import (
     INDEX,
     THUMB_SIDE,
     histogram_svg,
     summary_markdown,
     write_report,
 )
-from matteforge.tasks.storage import locate, write_bytes_atomic
+from matteforge.dataset.stats import dataset_stats, summarize
+from matteforge.dataset.storage import locate, write_bytes_atomic
+from matteforge.steps.shard import BackgroundRef, ShardJob, run_shard
+from matteforge.tasks.ingest import content_hash
 
 ODD_NAME = "scene <b>&\"x\"'.png"  # a file name that is also HTML markup
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -60,8 +60,8 @@ def _build(root: Path, names: list[str], out_uri: str) -> None:
     refs = [BackgroundRef(content_hash(p.read_bytes())[:20], str(p), f"bg/{p.name}")
             for p in sorted((root / "bg").iterdir())]
     try:
-        summary = run_shard("s", [str(root / "in" / n) for n in names], _cfg(),
-                            str(root / "in"), str(root / "bg"), refs, out_uri)
+        summary = run_shard(ShardJob("s", [str(root / "in" / n) for n in names], _cfg(),
+                                     str(root / "in"), str(root / "bg"), out_uri, refs))
     finally:
         torch.set_num_threads(threads)
     out = locate(out_uri)

@@ -119,7 +119,7 @@ def _samples(dataset: Path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_trimap_change_reuses_the_mask_and_redoes_the_rest(versions):
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     old, new = _samples(versions["parent"]), _samples(versions["trimap"])
     assert verify_dataset(str(versions["trimap"])).ok
@@ -149,7 +149,7 @@ def test_an_incremental_build_into_the_new_version_has_nothing_to_do(versions):
 
 @pytest.mark.slow
 def test_composite_change_reuses_alpha_and_foreground(versions):
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     old, new = _samples(versions["parent"]), _samples(versions["composite"])
     assert verify_dataset(str(versions["composite"])).ok

@@ -18,11 +18,11 @@ from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
 from matteforge.config import load_config
-from matteforge.flows.shard import BackgroundRef, run_shard
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.retry import RetryPolicy, is_transient, with_retries
+from matteforge.dataset.storage import WriteFailed, locate, read_bytes, write_bytes_atomic
+from matteforge.steps.shard import BackgroundRef, ShardJob, run_shard
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.retry import RetryPolicy, is_transient, with_retries
-from matteforge.tasks.storage import WriteFailed, locate, read_bytes, write_bytes_atomic
 
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0, max_backoff=0.0)
 
@@ -164,8 +164,8 @@ def _shard(faulty: type[FaultyFileSystem], astronaut: np.ndarray, coffee: np.nda
     faulty.inject(**faults)
     cfg = load_config("demo", **{"run.io_backoff": 0.0})
     refs = [BackgroundRef(content_hash(bg)[:20], "/bg/coffee.png", "faulty://bg/coffee.png")]
-    run_shard("s", ["/in/p0.png", "/in/p1.png"], cfg.model_dump(mode="json"), "faulty://in",
-              "faulty://bg", refs, "faulty://out")
+    run_shard(ShardJob("s", ["/in/p0.png", "/in/p1.png"], cfg.model_dump(mode="json"),
+                       "faulty://in", "faulty://bg", "faulty://out", refs))
     calls, failures = Counter(faulty.calls), Counter(faulty.failures)
     faulty.inject()
     out = locate("faulty://out")

@@ -18,9 +18,9 @@ import pyarrow.dataset as ds
 import pytest
 from s3server import moto_endpoint
 
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate, write_bytes_atomic
 from matteforge.demo import prepare_demo_data
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import locate, write_bytes_atomic
 
 KEY, SECRET = "AKIDPLANTEDKEY7F3Q", "planted-secret-0b9e2c71d4"
 INPUT_BUCKET, OUTPUT_BUCKET = "mf-inputs", "mf-datasets"
@@ -125,7 +125,7 @@ def s3_build(s3, endpoint, tmp_path_factory) -> dict[str, object]:
 @pytest.mark.slow
 def test_build_reads_and_writes_buckets_and_verify_passes(s3_build, options, capsys):
     from matteforge.cli import main
-    from matteforge.verify import verify_dataset
+    from matteforge.dataset.verify import verify_dataset
 
     report = verify_dataset(f"s3://{OUTPUT_BUCKET}/demo", storage_options=options)
     assert report.ok, report.problems

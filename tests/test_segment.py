@@ -10,9 +10,9 @@ import pytest
 from skimage import data
 
 from matteforge.config import DEFAULT_MODELS, SegmentConfig, load_config
+from matteforge.models.registry import FACE_WEIGHTS
 from matteforge.tasks.segment import (
     DEFAULT_MODEL,
-    FACE_WEIGHTS,
     PRESENCE_THRESHOLD,
     Segmenter,
     SegmentResult,

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from portraits import resized_copies
 
-from matteforge.verify import verify_dataset
+from matteforge.dataset.verify import verify_dataset
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
                                 reason="needs Linux /proc")
@@ -253,9 +253,12 @@ def test_a_shutdown_that_hangs_is_cut_at_the_deadline(tmp_path):
         interrupt.SHUTDOWN_SECONDS = 1.0
         with interrupt.stoppable():
             child = subprocess.Popen(["sleep", "60"])
-            print(child.pid, flush=True)
+            told = False
             while True:
-                try:
+                try:  # the pid is printed inside: the signal it invites is always caught
+                    if not told:
+                        told = True
+                        print(child.pid, flush=True)
                     time.sleep(60)
                 except KeyboardInterrupt:  # a shutdown that never ends
                     pass

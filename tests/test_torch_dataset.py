@@ -15,19 +15,20 @@ from typing import Any
 
 import cv2
 import fsspec
+import loopback
 import numpy as np
 import pytest
 import torch
 from conftest import shared_data
 
-from matteforge import loopback
 from matteforge.config import load_config
-from matteforge.flows.backgrounds import index_backgrounds
-from matteforge.flows.shard import run_shard
-from matteforge.tasks import augment, manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.storage import list_file_sizes, locate
+from matteforge.steps.backgrounds import index_backgrounds
+from matteforge.steps.shard import ShardJob, run_shard
+from matteforge.tasks import augment
 from matteforge.tasks.composite import fit_background
 from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.storage import list_file_sizes, locate
 from matteforge.torch import MattingDataset
 
 PORTRAITS = ("a1", "a2", "a4")  # with seed 0 and test_fraction 0.5: a1, a2 train; a4 test
@@ -55,9 +56,9 @@ def root(tmp_path_factory) -> str:
                                    max_pixels=cfg.ingest.max_pixels,
                                    max_bytes=cfg.ingest.max_bytes)
     manifest.write_table(dst, "backgrounds", manifest.shard_name(0), rows)
-    summary = run_shard("s", [str(images / f"p3m_fig_{p}.png") for p in PORTRAITS],
-                        cfg.model_dump(mode="json"), str(images), str(base / "bg"), refs,
-                        str(out))
+    summary = run_shard(ShardJob("s", [str(images / f"p3m_fig_{p}.png") for p in PORTRAITS],
+                                 cfg.model_dump(mode="json"), str(images), str(base / "bg"),
+                                 str(out), refs))
     # Lengths below follow from 3 ok portraits (2 train x 2 + 1 test x 1 composites).
     assert summary.counts == {"ok": 3}, f"a portrait was not ok: {summary.reasons}"
     assert summary.composites == 5

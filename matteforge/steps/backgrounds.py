@@ -9,16 +9,16 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from matteforge.flows.shard import BackgroundRef
-from matteforge.tasks.ingest import decode_image
-from matteforge.tasks.storage import (
+from matteforge.dataset.storage import (
     Location,
     printable,
     read_input,
     redact_uri,
     write_bytes_atomic,
 )
-from matteforge.tasks.unreadable import read_failure
+from matteforge.dataset.unreadable import read_failure
+from matteforge.steps.shard import BackgroundRef
+from matteforge.tasks.ingest import decode_image
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -45,7 +45,7 @@ def index_backgrounds(
     """Rows for the backgrounds table, and the usable backgrounds in a stable order.
 
     ``known`` (source_uri → row of an earlier build) lets an unchanged background skip decoding.
-    Sources are read like portraits (:func:`~matteforge.tasks.storage.read_input`): a link out
+    Sources are read like portraits (:func:`~matteforge.dataset.storage.read_input`): a link out
     of the backgrounds folder or a special file becomes a row and is never opened.
     """
     rows: list[dict[str, Any]] = []

@@ -16,9 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.storage import Location, locate, redact_uri, refresh
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.storage import Location, locate, redact_uri, refresh
 
 STATS_FILE = manifest.STATS_FILE
 
@@ -155,21 +156,18 @@ class Damage:
     unreadable: list[str] = field(default_factory=list)  # manifest files that do not read
 
 
-def find_damage(out: Location, *, hashes: bool = False) -> Damage:
+def find_damage(out: Location, *, hashes: bool = False, loaded: Manifest | None = None) -> Damage:
     """Rows whose files are missing, of another size or (``hashes``) of other bytes.
 
     A sample is redone whole when any of its files or composites is damaged, or when it has
     another number of composite rows than it says (its composites file was lost).  Without
     ``hashes`` this costs one listing, cheap enough for every incremental build; ``verify
-    --repair`` reads every file.  Each manifest file is read once; those that do not read
-    are listed.
+    --repair`` reads every file.  ``loaded``: the manifest as the caller already read it
+    (else it is read here); the files that do not read are listed.
     """
-    damage = Damage()
-    rows = {}
-    for table in manifest.TABLES:
-        tables, broken = manifest.readable_shards(out, table)
-        rows[table] = [r for t in tables.values() for r in t.to_pylist()]
-        damage.unreadable += broken
+    loaded = loaded or Manifest.load(out)
+    damage = Damage(unreadable=list(loaded.unreadable))
+    rows = {table: loaded.rows(table) for table in manifest.TABLES}
     sizes = _listing(out)
 
     def bad(rel: str | None, size: int | None, digest: str | None) -> bool:

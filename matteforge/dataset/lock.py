@@ -57,8 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from matteforge.tasks.retry import with_retries
-from matteforge.tasks.storage import Location, _protocols, is_local, redact_uri
+from matteforge.dataset.retry import with_retries
+from matteforge.dataset.storage import Location, _protocols, is_local, redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from matteforge.flows.shard import ShardSummary
-from matteforge.tasks import manifest
+from matteforge.dataset import manifest
+from matteforge.steps.shard import ShardSummary
 
 STATS_FILE = manifest.STATS_FILE
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 
-from matteforge.tasks.storage import (
+from matteforge.dataset.storage import (
     FileTooLarge,
     NotRegularFile,
     OutsideInput,

@@ -26,7 +26,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from matteforge.tasks.retry import DEFAULT_POLICY, RetryPolicy, with_retries
+from matteforge.dataset.retry import DEFAULT_POLICY, RetryPolicy, with_retries
 
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from scipy import ndimage
 
 from matteforge import metrics
+from matteforge.dataset.codec import decode
 
 # Half-width of the ground-truth band in px: far enough to hold an edge a build places a few px
 # off, near enough that it stays about the boundary (P3M's ~450 px portraits: 9-15 % of pixels).
@@ -48,7 +49,9 @@ class SizeMismatch(ValueError):
 
 
 def decode_matte(data: bytes) -> np.ndarray:
-    """A matte file → HxW uint8: grey levels as stored (16-bit scaled), EXIF orientation applied.
+    """A ground-truth matte file → HxW uint8: grey levels as stored (16-bit scaled), EXIF
+    orientation applied.  Ground truth is the user's, in any format, hence Pillow and these
+    rules; the dataset's own files are read with :func:`matteforge.dataset.codec.decode`.
 
     A grey file (L, P, 16-bit) is read as is; an RGB file by its luma (exact for grey RGB); a
     file with transparency whose colour is flat holds the matte in its alpha channel.
@@ -154,12 +157,13 @@ def score_sample(
     trimap_bytes: bytes | None = None,
     band_radius: int = GT_BAND_RADIUS,
 ) -> dict[str, Any]:
-    """One sample's metric columns (``alpha_*``, ``model_*``) and region sizes, from file bytes.
+    """One sample's metric columns (``alpha_*``, ``model_*``) and region sizes, from file bytes:
+    the ground truth in any format (:func:`decode_matte`), the rest the dataset's own files.
 
     Raises :class:`SizeMismatch` when a file is not the ground truth's size.
     """
     gt = decode_matte(gt_bytes)
-    mattes = {name: None if data is None else decode_matte(data) for name, data in
+    mattes = {name: None if data is None else decode(data, "grey") for name, data in
               (("alpha", alpha_bytes), ("model", model_bytes), ("trimap", trimap_bytes))}
     for name, matte in mattes.items():
         if matte is not None:

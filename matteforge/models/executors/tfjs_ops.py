@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from matteforge.models import tflite_torch
-from matteforge.models.tflite_torch import same_padding
+from matteforge.models.executors import tflite_torch
+from matteforge.models.executors.tflite_torch import same_padding
 
 Attrs = dict[str, Any]
 Runner = Callable[[list[Tensor], Attrs], Tensor | tuple[Tensor, ...]]

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matteforge.config import BuildConfig
-from matteforge.flows.plan import InputFile, Plan, plan_build, stale_rows
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import Location, list_file_sizes, printable, redact_uri
-from matteforge.tasks.unreadable import MACHINE_REASONS
-from matteforge.verify import Damage, find_damage
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.storage import Location, list_file_sizes, printable, redact_uri
+from matteforge.dataset.unreadable import MACHINE_REASONS
+from matteforge.dataset.verify import Damage, find_damage
+from matteforge.steps.plan import InputFile, Plan, plan_build, stale_rows
 
 
 class NothingToBuild(ValueError):
@@ -84,12 +84,12 @@ def preview(cfg: BuildConfig, src: Location, bgs: Location, out: Location,
     sha = _recorded_model_sha(cfg, meta)
     if sha is None:
         return result
-    result.damage = find_damage(out)
-    rows = {name: t.to_pylist() for name, t in manifest.readable_shards(out, "samples")[0].items()}
-    result.plan = plan_inputs(cfg, listing, rows, sha, result.damage)
+    loaded = Manifest.load(out)
+    result.damage = find_damage(out, loaded=loaded)
+    result.plan = plan_inputs(cfg, listing, loaded.shards("samples"), sha, result.damage)
     result.complete = (not result.plan.todo and not result.damage.unreadable
                        and not result.damage.backgrounds and cfg.run.mode != "overwrite"
-                       and _backgrounds_known(out, bgs, backgrounds))
+                       and _backgrounds_known(loaded.rows("backgrounds"), bgs, backgrounds))
     return result
 
 
@@ -111,12 +111,11 @@ def _recorded_model_sha(cfg: BuildConfig, meta: dict[str, Any]) -> str | None:
     return (meta.get("model") or {}).get("sha256")
 
 
-def _backgrounds_known(out: Location, bgs: Location,
+def _backgrounds_known(recorded: list[dict[str, Any]], bgs: Location,
                        listed: list[tuple[str, int | None]]) -> bool:
     """Every listed background has a row, an ok one of the same size: indexing them again
     would change nothing."""
-    tables = manifest.readable_shards(out, "backgrounds")[0]
-    rows = {r["source_uri"]: r for t in tables.values() for r in t.to_pylist()}
+    rows = {r["source_uri"]: r for r in recorded}
     for path, size in listed:
         row = rows.get(printable(redact_uri(bgs.url(path))))
         if row is None or (row["status"] == "ok" and size is not None

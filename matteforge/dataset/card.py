@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from matteforge.tasks.storage import Location, write_bytes_atomic
+from matteforge.dataset.storage import Location, write_bytes_atomic
 
 HF_DIR = "hf"
 CARD = "README.md"

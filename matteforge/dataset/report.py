@@ -32,10 +32,11 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from matteforge.tasks.codec import encode
+from matteforge.dataset.codec import decode, encode
+from matteforge.dataset.manifest import STAGES, STATS_FILE
+from matteforge.dataset.snapshot import Manifest
+from matteforge.dataset.storage import Location, read_bytes, refresh, write_bytes_atomic
 from matteforge.tasks.ingest import content_hash, decode_image
-from matteforge.tasks.manifest import STAGES, STATS_FILE, read_table
-from matteforge.tasks.storage import Location, read_bytes, refresh, write_bytes_atomic
 
 REPORT_DIR = "report"
 INDEX = f"{REPORT_DIR}/index.html"
@@ -70,7 +71,7 @@ class Summary:
 
 def write_report(
     out: Location, *, max_rows_per_page: int = 24, sample_size: int = 96, seed: int = 0,
-    source_storage_options: dict[str, Any] | None = None,
+    source_storage_options: dict[str, Any] | None = None, loaded: Manifest | None = None,
 ) -> str:
     """Write ``report/`` under the dataset root; returns ``report/index.html`` (relative).
 
@@ -78,12 +79,13 @@ def write_report(
     ``max_rows_per_page`` per page.  ``source_storage_options`` opens source URIs for the
     thumbnails of rows that have no artifacts (rejected rows); without them only sources that
     open with default options show a thumbnail.  Pages and thumbnails of an earlier report that
-    this one no longer uses are removed.
+    this one no longer uses are removed.  ``loaded``: the manifest as the build holds it
+    (else it is read here).
     """
     if max_rows_per_page < 1 or sample_size < 0:
         raise ValueError("max_rows_per_page must be >= 1 and sample_size >= 0")
-    samples = read_table(out, "samples")
-    composites = read_table(out, "composites")
+    loaded = loaded or Manifest.load(out)
+    samples, composites = loaded.table("samples"), loaded.table("composites")
     stats = _read_json(out, STATS_FILE)
     dataset = _read_json(out, "dataset.json")
     rows = samples.to_pylist()
@@ -115,12 +117,13 @@ def write_report(
     return INDEX
 
 
-def summary_markdown(out: Location, report_path: str) -> str:
+def summary_markdown(out: Location, report_path: str, loaded: Manifest | None = None) -> str:
     """The summary as a markdown table, for Prefect's ``create_markdown_artifact``.
 
     ``report_path`` is what :func:`write_report` returned; it is shown with its full URI.
     """
-    summary = summarize(read_table(out, "samples"), read_table(out, "composites"),
+    loaded = loaded or Manifest.load(out)
+    summary = summarize(loaded.table("samples"), loaded.table("composites"),
                         _read_json(out, STATS_FILE))
     lines = ["## Build summary", "", "| status | rows |", "|---|---:|"]
     lines += [f"| {_md(k)} | {v} |" for k, v in summary.by_status.items()]
@@ -254,20 +257,6 @@ def _checker_composite(fg: np.ndarray, alpha: np.ndarray, cell: int = 8) -> np.n
     return np.clip(fg.astype(np.float32) * a + board * (1 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _decode_artifact(data: bytes) -> np.ndarray:
-    """One of the dataset's own PNG/JPEG files → uint8 RGB or grey array."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("not a decodable image")
-    if image.dtype != np.uint8:
-        image = (image // 257).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
-
-
 class _Thumbnailer:
     """Writes thumbnails under ``report/thumbs`` and remembers which (for the clean-up)."""
 
@@ -288,7 +277,8 @@ class _Thumbnailer:
         return name
 
     def artifact(self, rel: str) -> np.ndarray:
-        return _decode_artifact(read_bytes(self.out, self.out.path(rel)))
+        """One of the dataset's own files, grey or RGB as stored."""
+        return decode(read_bytes(self.out, self.out.path(rel)))
 
     def source(self, uri: str, sha256: str) -> np.ndarray:
         """The source photo, opened best-effort with fsspec (it may be remote or gone).

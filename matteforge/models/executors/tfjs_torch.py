@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from matteforge.models.tfjs_ops import DTYPES, FILTER_LAYOUTS, OPS, Attrs
+from matteforge.models.executors.tfjs_ops import DTYPES, FILTER_LAYOUTS, OPS, Attrs
 
 _NUMPY = {
     "float32": np.float32,

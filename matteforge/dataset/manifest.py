@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matteforge.tasks.storage import (
+from matteforge.dataset.storage import (
     Location,
     printable,
     read_bytes,
@@ -159,7 +159,7 @@ def to_table(
 ) -> pa.Table:
     """Rows → Arrow table with the table's schema; missing keys become nulls.
 
-    Text is made valid UTF-8 (:func:`~matteforge.tasks.storage.printable`): a file name's
+    Text is made valid UTF-8 (:func:`~matteforge.dataset.storage.printable`): a file name's
     undecodable bytes reach rows through paths and error messages.
     """
     schema = TABLES[table]
@@ -185,12 +185,16 @@ def write_table(
     metadata: dict[str, str] | None = None,
 ) -> str:
     """Write ``manifest/<table>/<name>`` atomically; returns its path relative to the root."""
-    buf = io.BytesIO()
-    pq.write_table(to_table(rows, table, metadata), buf, compression="snappy",
-                   row_group_size=1024)
     rel = f"manifest/{table}/{name}"
-    write_bytes_atomic(loc, loc.path(rel), buf.getvalue())
+    write_bytes_atomic(loc, loc.path(rel), encode_table(to_table(rows, table, metadata)))
     return rel
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """A manifest file's bytes: the same rows always give the same bytes."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy", row_group_size=1024)
+    return buf.getvalue()
 
 
 def shard_files(loc: Location, table: str) -> dict[str, str]:
@@ -223,7 +227,12 @@ def read_shards(loc: Location, table: str) -> dict[str, pa.Table]:
 
 
 def read_shard(loc: Location, path: str) -> pa.Table:
-    data = read_bytes(loc, path)
+    return decode_table(read_bytes(loc, path), path)
+
+
+def decode_table(data: bytes, path: str) -> pa.Table:
+    """A manifest file's rows from its bytes; :class:`CorruptShard` names ``path`` when they
+    are not Parquet."""
     try:
         return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from matteforge.tasks.unreadable import MACHINE_REASONS
+from matteforge.dataset.unreadable import MACHINE_REASONS
 
 Mode = Literal["incremental", "overwrite", "retry-failed"]
 MODES: tuple[Mode, ...] = ("incremental", "overwrite", "retry-failed")

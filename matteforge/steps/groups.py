@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from matteforge.flows.shard import GroupRef
+from matteforge.dataset.storage import Location, read_input, unwire_path
+from matteforge.steps.shard import GroupRef
 from matteforge.tasks.composite import split_for
 from matteforge.tasks.fingerprint import fingerprint
 from matteforge.tasks.near_duplicates import assign_groups, parse_hash_hex
-from matteforge.tasks.storage import Location, read_input, unwire_path
 
 
 def fingerprint_inputs(
@@ -35,9 +35,12 @@ def fingerprint_inputs(
     return found
 
 
-def known_groups(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, str]],
-                                                      dict[str, str]]:
-    """From the manifest: sample_id → (hash, group_id), and group_id → split of its ok rows."""
+# From the manifest: sample_id → (hash, group_id), and group_id → split of its ok rows.
+KnownGroups = tuple[dict[str, tuple[int, str]], dict[str, str]]
+
+
+def known_groups(rows: list[dict[str, Any]]) -> KnownGroups:
+    """The groups the manifest's rows hold (:data:`KnownGroups`)."""
     members: dict[str, tuple[int, str]] = {}
     splits: dict[str, str] = {}
     for row in rows:
@@ -50,7 +53,7 @@ def known_groups(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, str]]
 
 
 def group_inputs(
-    prints: dict[str, tuple[str, str]], rows: list[dict[str, Any]], bits: int | None,
+    prints: dict[str, tuple[str, str]], known: KnownGroups, bits: int | None,
     seed: int, test_fraction: float,
 ) -> dict[str, GroupRef]:
     """item → (phash, group_id, split) for every fingerprinted item.
@@ -58,7 +61,7 @@ def group_inputs(
     ``bits`` None groups identical pictures only (a group per sample_id, which is the old
     per-sample split).  A group with members in the manifest keeps their split.
     """
-    members, splits = known_groups(rows)
+    members, splits = known
     new = {sid: parse_hash_hex(h) for sid, h in prints.values() if sid not in members}
     if bits is None:
         group = {sid: members[sid][1] if sid in members else sid

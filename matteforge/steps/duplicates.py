@@ -7,9 +7,9 @@ rule: among the rows of one ``sample_id`` that would be ``ok``, the one with the
 ``duplicate``, a detail naming the kept source, and no files or composites.
 
 Every source keeps exactly one row keyed on its ``source_uri``, which is what incremental
-planning (:mod:`matteforge.flows.plan`) and ``matteforge verify`` key on: a rerun skips both
+planning (:mod:`matteforge.steps.plan`) and ``matteforge verify`` key on: a rerun skips both
 names, and a later name that duplicates an earlier one is recorded, not lost.  Inside a shard the
-rule is applied as rows are made (:func:`~matteforge.flows.shard.run_shard` does not process a
+rule is applied as rows are made (:func:`~matteforge.steps.shard.run_shard` does not process a
 second copy at all); across shards and runs, :func:`resolve_duplicates` applies it to the
 committed manifest at the end of every build.  The rule depends only on the set of rows, so any
 sharding and any order of runs ends in the same verdicts.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from matteforge.tasks import manifest
-from matteforge.tasks.storage import Location
+from matteforge.dataset import manifest
+from matteforge.dataset.snapshot import Manifest
 
 DUPLICATE = "duplicate"
 # What a duplicate row keeps of the row it would have been: its source, not the sample's outputs.
@@ -73,18 +73,16 @@ def _own_composites(rows: list[dict[str, Any]], shard: str, losing: set[str],
     return kept
 
 
-def resolve_duplicates(out: Location) -> int:
+def resolve_duplicates(loaded: Manifest) -> int:
     """Apply the rule to the committed manifest; returns how many rows became duplicates.
 
     Composites files are rewritten before their samples files (the commit order), so a crash in
     here leaves an ok row without its composites, which the next build's pass fixes.
     """
-    tables = manifest.read_shards(out, "samples")
-    rows = {name: t.to_pylist() for name, t in tables.items()}
+    rows = loaded.shards("samples")
     keep = keepers(rows)
     changed = 0
-    composites: dict[str, Any] | None = None
-    for shard, shard_rows in sorted(rows.items()):
+    for shard, shard_rows in rows.items():
         new = [_verdict(r, shard, keep) for r in shard_rows]
         if new == shard_rows:
             continue
@@ -92,14 +90,10 @@ def resolve_duplicates(out: Location) -> int:
                   if r["status"] == "ok" and n["status"] == DUPLICATE}
         changed += len([r for r in shard_rows if r["status"] == "ok"]) - len(
             [r for r in new if r["status"] == "ok"])
-        if composites is None:
-            composites = manifest.read_shards(out, "composites")
-        if shard in composites:
-            old = composites[shard].to_pylist()
+        if shard in loaded.tables("composites"):
+            old = loaded.shard("composites", shard)
             mine = _own_composites(old, shard, losing, keep)
             if mine != old:
-                manifest.rewrite_shard(out, "composites", shard, mine)
-        run = (tables[shard].schema.metadata or {}).get(manifest.SHARD_RUN_KEY.encode())
-        manifest.rewrite_shard(out, "samples", shard, new,
-                               {manifest.SHARD_RUN_KEY: run.decode()} if run else None)
+                loaded.write("composites", shard, mine)
+        loaded.rewrite_samples(shard, new)
     return changed

@@ -1,0 +1,425 @@
+"""The per-sample order of stages, run for a whole shard inside one Prefect task.
+
+A Prefect task per image costs ~145 ms of engine overhead on Dask, so the unit of work is a
+shard.  This module is orchestration only: it calls each stage's pure function, times it, turns
+any failure into a row, and writes the files and then the shard's manifest (the commit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import SecretStr
+
+from matteforge.config import BuildConfig, unseal_storage
+from matteforge.dataset import manifest
+from matteforge.dataset.codec import encode, to_uint8
+from matteforge.dataset.retry import is_transient
+from matteforge.dataset.storage import (
+    Location,
+    WriteFailed,
+    locate,
+    printable,
+    read_input,
+    redact_uri,
+    unwire_path,
+    write_bytes_atomic,
+)
+from matteforge.dataset.unreadable import read_failure
+from matteforge.steps.duplicates import duplicate_row
+from matteforge.tasks import composite as comp
+from matteforge.tasks import trimap
+from matteforge.tasks.effects import (
+    apply_background_effects,
+    apply_foreground_effects,
+    sample_effects,
+    specs_to_json,
+)
+from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
+from matteforge.tasks.recipe import StageClock, make_sample
+from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
+
+TRIMAP_DIR = "trimaps"  # Composition-1K's folder name
+
+
+# (phash hex, group_id, split) of one input: its near-duplicate group (matteforge/steps/groups.py).
+GroupRef = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class BackgroundRef:
+    bg_id: str
+    source_path: str  # path on the backgrounds location
+    bg_uri: str  # as recorded in the manifest
+
+
+@dataclass
+class ShardSummary:
+    """What one shard holds and how long the task that wrote it took (its stats)."""
+
+    shard: str
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    composites: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    inputs: int = 0  # inputs the writing task processed (rows may since have been replaced)
+
+    @classmethod
+    def from_rows(
+        cls, shard: str, rows: list[dict[str, Any]], composites: int, seconds: float,
+        inputs: int | None = None,
+    ) -> ShardSummary:
+        """Counts by status and reason, megapixels and stage seconds of a shard's sample rows."""
+        summary = cls(shard=shard, composites=composites, seconds=seconds,
+                      inputs=len(rows) if inputs is None else inputs)
+        for row in rows:
+            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+            if row["reason"]:
+                summary.reasons[row["reason"]] = summary.reasons.get(row["reason"], 0) + 1
+            if row.get("width") and row.get("height"):
+                summary.megapixels += row["width"] * row["height"] / 1e6
+            for stage in manifest.STAGES:
+                spent = row.get(f"seconds_{stage}") or 0.0
+                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + spent
+        return summary
+
+    def stats(self) -> dict[str, Any]:
+        """The shard's entry in ``stats.json``."""
+        return {
+            "samples": sum(self.counts.values()), "by_status": dict(sorted(self.counts.items())),
+            "by_reason": dict(sorted(self.reasons.items())), "composites": self.composites,
+            "megapixels": round(self.megapixels, 4), "inputs": self.inputs,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.inputs / self.seconds, 4) if self.seconds else None,
+        }
+
+
+class BackgroundCache:
+    """Decoded backgrounds, least-recently-used first out: a shard reuses a bounded set."""
+
+    def __init__(self, loc: Location, refs: list[BackgroundRef], capacity: int = 16,
+                 follow_links_outside: bool = False) -> None:
+        self._loc = loc
+        self._follow = follow_links_outside
+        self._refs = {r.bg_id: r for r in refs}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._capacity = capacity
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._refs)
+
+    def ref(self, bg_id: str) -> BackgroundRef:
+        return self._refs[bg_id]
+
+    def get(self, bg_id: str) -> np.ndarray:
+        if bg_id in self._cache:
+            self._cache.move_to_end(bg_id)
+            return self._cache[bg_id]
+        decoded = decode_image(read_input(self._loc, self._refs[bg_id].source_path,
+                                          follow_links_outside=self._follow))
+        if decoded.image is None:
+            raise ValueError(f"background {bg_id} no longer decodes: {decoded.detail}")
+        self._cache[bg_id] = decoded.image
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return decoded.image
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A file the stages wrote: where (relative to the dataset root), its sha256 and size."""
+
+    uri: str
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class StageResult:
+    """What the stages made of one decoded portrait.  ``detail`` None keeps ingest's."""
+
+    status: str = "ok"
+    reason: str = ""
+    detail: str | None = None
+    presence: float | None = None
+    figures: dict[str, Any] = field(default_factory=dict)  # the recipe's manifest figures
+    files: dict[str, Stored] = field(default_factory=dict)  # artifact kind → file
+    split: str | None = None
+    composites: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, reason: str, detail: str) -> None:
+        """A stage failed: the row says why and names no file and no composite."""
+        self.status, self.reason, self.detail = "failed", reason, detail[:2000]
+        self.files, self.composites = {}, []
+
+
+@dataclass
+class SampleOutcome:
+    """Everything one input became; :meth:`row` is the one place its manifest row is made."""
+
+    source_uri: str
+    ingest: IngestResult | None = None  # None: the input did not read (see ``unread``)
+    unread: tuple[str, str, str] = ("", "", "")  # (status, reason, detail) of a failed read
+    group: GroupRef | None = None  # its near-duplicate group, found before the shards ran
+    stages: StageResult | None = None  # None: not decoded, or a duplicate
+    duplicate_of: str | None = None  # source URI of the row holding the same bytes
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def composites(self) -> list[dict[str, Any]]:
+        return self.stages.composites if self.stages is not None else []
+
+    def row(self, cfg: BuildConfig, seg: Segmenter) -> dict[str, Any]:
+        if self.ingest is None:
+            status, reason, detail = self.unread
+            return {"source_uri": self.source_uri, "status": status, "reason": reason,
+                    "detail": detail, "sample_id": "", **_provenance(cfg, seg)}
+        ingest = self.ingest
+        row: dict[str, Any] = {
+            "sample_id": ingest.sample_id if ingest.content_sha256 else "",
+            "source_uri": redact_uri(self.source_uri),
+            "content_sha256": ingest.content_sha256,
+            "source_bytes": ingest.n_bytes,
+            "source_format": ingest.source_format,
+            "status": ingest.status,
+            "reason": ingest.reason,
+            "detail": ingest.detail,
+            "notes": ",".join(ingest.notes),
+            "width": ingest.width or None,
+            "height": ingest.height or None,
+            **_provenance(cfg, seg),
+        }
+        if self.group is not None and ingest.image is not None:
+            row["phash"], row["group_id"], row["split"] = self.group
+        if self.duplicate_of is not None:
+            row = duplicate_row(row, self.duplicate_of)
+        elif (done := self.stages) is not None:
+            row["presence"] = done.presence
+            row.update(done.figures)
+            for kind, stored in done.files.items():
+                row[f"{kind}_uri"], row[f"{kind}_sha256"] = stored.uri, stored.sha256
+                row[f"{kind}_bytes"] = stored.bytes
+            if done.split is not None:
+                row["split"] = done.split
+            row["status"], row["reason"] = done.status, done.reason
+            if done.detail is not None:
+                row["detail"] = done.detail
+            row["n_composites"] = len(done.composites)
+        for stage, secs in self.seconds.items():
+            row[f"seconds_{stage}"] = secs
+        return row
+
+
+def _provenance(cfg: BuildConfig, seg: Segmenter) -> dict[str, Any]:
+    """What every sample row records about how it was made, unreadable inputs included."""
+    return {"model_id": seg.model_id, "model_sha256": seg.weights_sha256,
+            "model_license": seg.license, "config_hash": cfg.config_hash(), "n_composites": 0}
+
+
+def _put(out: Location, rel: str, data: bytes) -> Stored:
+    write_bytes_atomic(out, out.path(rel), data)
+    return Stored(rel, content_hash(data), len(data))
+
+
+def process_sample(
+    uri: str,
+    data: bytes,
+    cfg: BuildConfig,
+    seg: Segmenter,
+    backgrounds: BackgroundCache,
+    out: Location,
+    kept: dict[str, str] | None = None,
+    group: GroupRef | None = None,
+) -> SampleOutcome:
+    """One portrait through every stage; never raises for bad input or a failing stage.
+
+    ``kept`` (sample_id → source URI of the ok rows made so far in this shard) turns a second
+    copy of the same bytes into a ``duplicate`` row without processing it again.  ``group``
+    (its near-duplicate group, found before the shards ran) decides the sample's split.
+    """
+    timer = StageClock(manifest.STAGES)
+    with timer("ingest"):
+        ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
+                              min_side=cfg.ingest.min_side, name=uri)
+    outcome = SampleOutcome(uri, ingest, group=group, seconds=timer.seconds)
+    if ingest.image is not None and kept is not None and ingest.sample_id in kept:
+        outcome.duplicate_of = kept[ingest.sample_id]
+    elif ingest.image is not None:
+        split = group[2] if group is not None else None
+        outcome.stages = _run_stages(ingest.image, ingest.sample_id, split, cfg, seg,
+                                     backgrounds, out, timer)
+    return outcome
+
+
+def _stage_failure(exc: Exception, stage: str) -> str:
+    """The reason code of a row a stage failed: the storage's fault, or the stage's."""
+    if isinstance(exc, WriteFailed):
+        return "write_error"
+    if is_transient(exc):  # e.g. a background read that timed out after its retries
+        return "storage_error"
+    return f"{stage}_error"
+
+
+def _run_stages(
+    image: np.ndarray,
+    sid: str,
+    split: str | None,
+    cfg: BuildConfig,
+    seg: Segmenter,
+    backgrounds: BackgroundCache,
+    out: Location,
+    timer: StageClock,
+) -> StageResult:
+    """Segment, the recipe, the files, the composites; a stage that raises costs this sample
+    a ``failed`` result, never the shard."""
+    done = StageResult()
+    try:
+        with timer("segment"):
+            result = seg.predict(image)
+        done.presence = result.presence
+        threshold = cfg.segment.presence_threshold
+        if not is_person(result, PRESENCE_THRESHOLD if threshold is None else threshold):
+            done.status, done.reason = "rejected", "no_person"
+            done.detail = "person-presence " + ", ".join(
+                f"{k}={v:.3f}" for k, v in sorted(result.evidence.items()))
+            return done
+        sample = make_sample(image, result.model_maps(), cfg, timer)
+        done.figures = sample.row
+        mask = trimap.binarize(sample.probability, cfg.trimap.threshold)
+        with timer("write"):
+            for kind, folder, array in (("image", "image", image), ("mask", "mask", mask),
+                                        ("alpha_model", "alpha_model",
+                                         to_uint8(sample.probability)),
+                                        ("trimap", TRIMAP_DIR, sample.trimap),
+                                        ("alpha", "alpha", sample.alpha),
+                                        ("fg", "fg", sample.foreground)):
+                done.files[kind] = _put(out, f"{folder}/{sid}.png", encode(array))
+        if sample.verdict is not None:  # files kept so the report can show why; no composites
+            done.status, (done.reason, done.detail) = "rejected", sample.verdict
+            return done
+        with timer("composite"):
+            done.split = composite_split(sid, split, cfg)
+            done.composites = make_composites(
+                sid, sample.foreground, sample.alpha, done.split, cfg, backgrounds, out,
+                done.files["fg"].uri, done.files["alpha"].uri)
+    except Exception as exc:  # a stage bug must cost one row, not the build
+        done.fail(_stage_failure(exc, timer.stage), f"{type(exc).__name__}: {exc}")
+    return done
+
+
+def composite_split(sid: str, known: str | None, cfg: BuildConfig) -> str:
+    """The sample's split: its near-duplicate group's, else drawn from (seed, sample id)."""
+    return known or comp.split_for(sid, cfg.seed, cfg.composite.test_fraction)
+
+
+def make_composites(
+    sid: str, fg: np.ndarray, alpha8: np.ndarray, split: str, cfg: BuildConfig,
+    backgrounds: BackgroundCache, out: Location, fg_uri: str, alpha_uri: str,
+) -> list[dict[str, Any]]:
+    """Write the sample's composites; returns their manifest rows."""
+    c = cfg.composite
+    count = c.per_foreground_test if split == "test" else c.per_foreground_train
+    height, width = alpha8.shape
+    rows = []
+    for index, bg_id in enumerate(comp.assign_backgrounds(sid, backgrounds.ids, count, cfg.seed)):
+        bg = comp.fit_background(backgrounds.get(bg_id), height, width)
+        specs = sample_effects(comp.effects_rng(sid, bg_id, cfg.seed), c.effects)
+        if specs:
+            bg = apply_background_effects(bg, specs)
+            layer = apply_foreground_effects(fg, alpha8, specs)
+        else:
+            layer = fg
+        merged = encode(comp.composite(layer, alpha8, bg, c.mode), c.format, c.jpeg_quality)
+        rel = f"merged/{sid}_{bg_id}.{c.format}"
+        write_bytes_atomic(out, out.path(rel), merged)
+        rows.append({
+            "composite_id": f"{sid}_{bg_id}", "sample_id": sid, "bg_id": bg_id, "index": index,
+            "split": split, "merged_uri": rel, "merged_sha256": content_hash(merged),
+            "merged_bytes": len(merged), "bg_uri": backgrounds.ref(bg_id).bg_uri,
+            "fg_uri": fg_uri, "alpha_uri": alpha_uri, "mode": c.mode,
+            "width": width, "height": height, "config_hash": cfg.config_hash(),
+            "effects": specs_to_json(specs),
+        })
+    return rows
+
+
+def _configure_threads(n: int) -> None:
+    """One torch/BLAS thread per Dask worker thread: oversubscribing 2 cores costs 2-3x."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's work as the flow hands it to a worker.
+
+    Everything travels with the job, so a worker on another machine needs nothing else:
+    ``storage`` holds the sealed fsspec options per location (``input``, ``backgrounds``,
+    ``output``; :func:`~matteforge.config.seal_storage`), ``groups`` each input's
+    near-duplicate group and split, keyed as listed in ``uris`` (:func:`wire_path` form).
+    """
+
+    shard: str
+    uris: list[str]
+    cfg_data: dict[str, Any]
+    input_uri: str
+    backgrounds_uri: str
+    output_uri: str
+    backgrounds: list[BackgroundRef] = field(default_factory=list)
+    groups: dict[str, GroupRef] = field(default_factory=dict)
+    storage: SecretStr | None = None
+
+
+def run_shard(job: ShardJob,
+              on_sample: Callable[[dict[str, Any]], None] | None = None) -> ShardSummary:
+    """Process every input of one shard, then commit its manifest files (composites first)."""
+    start = time.perf_counter()
+    cfg = BuildConfig.model_validate(job.cfg_data)
+    _configure_threads(cfg.run.torch_threads)
+    opts = unseal_storage(job.storage)
+    src, bgs, out = (locate(uri, opts.get(name), cfg.run.io_retry()) for name, uri in
+                     (("input", job.input_uri), ("backgrounds", job.backgrounds_uri),
+                      ("output", job.output_uri)))
+    seg = segmenter_for(cfg.segment)
+    cache = BackgroundCache(bgs, job.backgrounds,
+                            follow_links_outside=cfg.ingest.follow_links_outside)
+    samples, composites = [], []
+    kept: dict[str, str] = {}  # sample_id → source of its ok row (steps/duplicates.py)
+    for item in job.uris:
+        path = unwire_path(item)
+        source = printable(redact_uri(src.url(path)))
+        try:
+            data = read_input(src, path, cfg.ingest.max_bytes, cfg.ingest.follow_links_outside)
+        except Exception as exc:  # unreadable: record it, keep going
+            outcome = SampleOutcome(source, unread=read_failure(exc))
+        else:
+            outcome = process_sample(source, data, cfg, seg, cache, out, kept,
+                                     job.groups.get(item))
+        row = outcome.row(cfg, seg)
+        if row["status"] == "ok":
+            kept.setdefault(row["sample_id"], row["source_uri"])
+        samples.append(row)
+        composites.extend(outcome.composites)
+        if on_sample is not None:
+            on_sample(row)
+    summary = ShardSummary.from_rows(job.shard, samples, len(composites),
+                                     time.perf_counter() - start)
+    name = manifest.shard_name(job.shard)
+    run = {"seconds": round(summary.seconds, 3), "inputs": summary.inputs}
+    manifest.write_table(out, "composites", name, composites)
+    manifest.write_table(out, "samples", name, samples,
+                         {manifest.SHARD_RUN_KEY: json.dumps(run, sort_keys=True)})
+    return summary
