@@ -510,6 +510,29 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise DatasetInvalid(f"{len(report.problems)} problem(s) in {args.dataset}")
 
 
+def cmd_materialize(args: argparse.Namespace) -> None:
+    """Write the files of composites a ``composite.store: false`` build did not store."""
+    from matteforge.config import StorageConfig, merge_options
+    from matteforge.dataset.lock import OutputLocked, output_lock
+    from matteforge.dataset.materialize import materialize
+    from matteforge.dataset.storage import locate, redact_uri
+
+    storage = StorageConfig.model_validate(_storage_flags(args))
+    out = locate(args.dataset, storage.for_location("output", args.dataset))
+    if not out.fs.exists(out.path("manifest")):
+        raise CliError(f"{args.dataset} has no manifest/: not a matteforge dataset")
+    try:
+        with output_lock(out):
+            # for backgrounds the rows name by their own remote URI (no copy in bg/)
+            remote = merge_options(storage.options, storage.backgrounds)
+            done = materialize(out, args.split, remote)
+    except OutputLocked as exc:
+        raise CliError(str(exc), EXIT_LOCKED) from None
+    which = f"{args.split} " if args.split else ""
+    print(f"{redact_uri(args.dataset)}: {done.written} {which}composite file(s) written, "
+          f"{done.already} already stored")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Write ``report/index.html`` again, e.g. for a dataset built before reports existed."""
     from matteforge.config import StorageConfig
@@ -679,6 +702,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset.json says")
     _add_storage_flags(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("materialize", help="write the composite files a build with "
+                       "composite.store: false left out (all, or one split's)",
+                       description="Makes each composite the manifest lists without a file, "
+                       "exactly as a build that stores them would, writes it to merged/ and "
+                       "records it (merged_uri, sha256, bytes), shard by shard; then updates "
+                       "dataset.json so `matteforge verify` passes.")
+    p.add_argument("dataset", help="dataset root (folder or fsspec URI)")
+    p.add_argument("--split", choices=["train", "test"],
+                   help="only this split's composites, e.g. the test split of a published "
+                   "benchmark (default: all)")
+    _add_storage_flags(p)
+    p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("report", help="(re)write a dataset's HTML report, report/index.html")
     p.add_argument("dataset", help="dataset root (folder or fsspec URI)")

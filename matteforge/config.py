@@ -176,6 +176,13 @@ class CompositeConfig(_Section):
     format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
     copy_backgrounds: bool = Field(True, description="Copy used backgrounds into <out>/bg/.")
+    store: bool = Field(
+        True, description="Write each composite's file into merged/. False (lazy composites): "
+        "the composites table still lists every composite with its recipe (fg, alpha, bg, "
+        "effects), no merged file is written, MattingDataset(composite='stored') makes each "
+        "one on read, pixel for pixel the file it would have been, and `matteforge "
+        "materialize OUT` writes the files when they are wanted. Keep backgrounds readable "
+        "(copy_backgrounds, the default) so the dataset can remake them.")
     effects: dict[str, float] = Field(
         default_factory=dict,
         description="Effect name → probability per composite (bokeh, motion_blur, zoom_blur, "
@@ -365,6 +372,9 @@ class BuildConfig(_Section):
         relevant["ingest"].pop("follow_links_outside", None)
         # Where the solve runs changes alphas by < 1e-3, below 8-bit output: not a new dataset.
         relevant["alpha"].pop("device", None)
+        # Stored or made on read, a composite is the same pixels (tests/test_lazy_composites.py):
+        # not a new dataset; `matteforge materialize` turns one into the other in place.
+        relevant["composite"].pop("store", None)
         blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -4,7 +4,9 @@
 folder or any fsspec URI) and yields dicts of float32 CHW tensors in [0, 1]: ``image``,
 ``alpha``, ``trimap`` (0, 0.5, 1), ``fg``, ``bg``, plus ``composite_id`` and ``sample_id``.
 
-* ``stored``: one item per row of the composites table, the merged file exactly as built.
+* ``stored``: one item per row of the composites table, the merged file exactly as built; a
+  composite the build did not store (``composite.store: false``) is made from its row on
+  read, the same pixels its file would hold.
 * ``on_the_fly``: one item per ok sample (times ``repeats``), composited anew on a random
   background with Composition-1K-style augmentation (:mod:`matteforge.tasks.augment`).
 
@@ -30,9 +32,9 @@ from torch.utils.data import Dataset
 
 from matteforge.dataset.codec import DecodeMode, decode
 from matteforge.dataset.manifest import read_table
+from matteforge.dataset.materialize import CompositeRecipe
 from matteforge.dataset.storage import Location, locate, read_bytes
 from matteforge.tasks import augment
-from matteforge.tasks.composite import fit_background
 from matteforge.tasks.ingest import decode_image
 
 CompositeMode = Literal["stored", "on_the_fly"]
@@ -52,10 +54,12 @@ class _Sample:
 class _Composite:
     composite_id: str
     sample: _Sample
-    merged_uri: str
-    bg_uri: str
-    height: int
-    width: int
+    merged_uri: str | None  # None: not stored, made from ``recipe`` on read
+    recipe: CompositeRecipe
+
+    @property
+    def bg_uri(self) -> str:
+        return self.recipe.bg_uri
 
 
 def dataset_root(manifest_uri: str) -> str:
@@ -133,7 +137,7 @@ class MattingDataset(Dataset):
                 if row["sample_id"] in by_id:  # also drops rows of uncommitted shards
                     composites.append(_Composite(
                         row["composite_id"], by_id[row["sample_id"]], row["merged_uri"],
-                        row["bg_uri"], int(row["height"]), int(row["width"])))
+                        CompositeRecipe.from_row(row)))
         else:
             rows = read_table(loc, "backgrounds").to_pylist()
             backgrounds = sorted(r["bg_uri"] for r in rows if r["status"] == "ok" and r["bg_uri"])
@@ -179,11 +183,11 @@ class MattingDataset(Dataset):
     def _stored(
         self, item: _Composite, rng: np.random.Generator
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        image = self._rgb(item.merged_uri)
         alpha = self._gray(item.sample.alpha_uri)
         fg = self._rgb(item.sample.fg_uri)
         trimap = self._gray(item.sample.trimap_uri)
-        bg = fit_background(self._background(item.bg_uri), item.height, item.width)
+        bg = item.recipe.fit(self._background(item.bg_uri))
+        image = self._rgb(item.merged_uri) if item.merged_uri else self._remake(item, fg, alpha, bg)
         colour = {"image": image, "fg": fg, "bg": bg}
         if self.augment and rng.random() < 0.5:
             colour = {k: _mirror(v) for k, v in colour.items()}
@@ -197,6 +201,17 @@ class MattingDataset(Dataset):
         arrays.update(alpha=alpha.astype(np.float32) / 255.0, trimap=_trimap_levels(trimap))
         ids = {"composite_id": item.composite_id, "sample_id": item.sample.sample_id}
         return arrays, ids
+
+    def _remake(self, item: _Composite, fg: np.ndarray, alpha: np.ndarray,
+                bg: np.ndarray) -> np.ndarray:
+        """A composite the build did not store, made from its row as the build would have
+        (``composite.store: false``): the same pixels its file would decode to."""
+        recipe = item.recipe
+        if recipe.fg_uri != item.sample.fg_uri:
+            fg = self._rgb(recipe.fg_uri)
+        if recipe.alpha_uri != item.sample.alpha_uri:
+            alpha = self._gray(recipe.alpha_uri)
+        return recipe.as_read(recipe.render(fg, alpha, bg))
 
     def _on_the_fly(
         self, position: int, rng: np.random.Generator

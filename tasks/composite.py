@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Literal
 
+import cv2
 import numpy as np
 from PIL import Image
+
+from matteforge.tasks.effects import (
+    EffectSpec,
+    apply_background_effects,
+    apply_foreground_effects,
+)
 
 Split = Literal["train", "test"]
 
@@ -65,6 +73,17 @@ def composite(
 
     ``alpha`` is uint8 0..255 (as stored on disk, so a composite can be re-made from the files);
     ``background`` must already be HxW (see :func:`fit_background`).
+
+    Integer arithmetic, the same pixels as the script's float64 per pixel: with a = α·255,
+    ``n = a·F + (255 − a)·B`` (at most 65025, uint16) is the blend times 255, exactly, so
+    ``exact`` is ``n // 255`` and ``float`` (round to nearest) is ``(n + 127) // 255`` (n/255
+    is never a half).  The script's float64 only strays from the true quotient where n/255 is a
+    whole number, landing just below it: those pixels (n % 255 == 0, under 1 % of soft
+    ones) are computed again with the script's own float64 expression.  α = 0 and 255 give B
+    and F exactly, as the script's copies do.  All 256³ (α, F, B) are checked against the
+    float64 reference in tests/test_composite.py.  Measured 3.7 ms for 0.7 MP against 65 ms for
+    the float64 blend it replaced (2 cores, load 2.5; benchmarks/stages.py --config comp1k
+    prints it as part of the floor).
     """
     if alpha.dtype != np.uint8:
         raise TypeError("alpha must be uint8 0..255: composites are made from the stored alpha")
@@ -72,11 +91,43 @@ def composite(
         raise ValueError(
             f"shape mismatch: fg {foreground.shape}, alpha {alpha.shape}, bg {background.shape}"
         )
-    a = (alpha.astype(np.float64) / 255.0)[:, :, None]
-    blend = a * foreground.astype(np.float64) + background.astype(np.float64) * (1.0 - a)
-    blended = np.floor(blend) if mode == "exact" else np.rint(blend)
-    out = np.clip(blended, 0, 255).astype(np.uint8)
-    # The script copies the endpoints verbatim rather than blending them.
-    out[alpha == 255] = foreground[alpha == 255]
-    out[alpha == 0] = background[alpha == 0]
-    return out
+    a = cv2.merge([alpha, alpha, alpha])  # HxWx3: every product below is element by element
+    n = foreground.astype(np.uint16)
+    n *= a
+    rest = background.astype(np.uint16)
+    rest *= 255 - a
+    n += rest
+    if mode == "float":
+        n += 127
+        return (n // 255).astype(np.uint8)
+    quotient = n // 255
+    soft = (a - np.uint8(1)) < 254  # 0 < α < 255
+    redo = np.flatnonzero((quotient * 255 == n) & soft)
+    quotient.reshape(-1)[redo] = _script_blend(foreground.reshape(-1)[redo],
+                                               a.reshape(-1)[redo], background.reshape(-1)[redo])
+    return quotient.astype(np.uint8)
+
+
+def _script_blend(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Adobe's compose script on flat channel values: ``floor(α·F + B·(1 − α))`` in float64."""
+    alpha = a.astype(np.float64) / 255.0
+    return np.floor(alpha * f.astype(np.float64) + b.astype(np.float64) * (1.0 - alpha))
+
+
+def make_composite(
+    foreground: np.ndarray,
+    alpha: np.ndarray,
+    background: np.ndarray,
+    effects: Sequence[EffectSpec] = (),
+    mode: Literal["exact", "float"] = "exact",
+) -> np.ndarray:
+    """One composite as the build makes it: the recorded ``effects`` replayed on the fitted
+    ``background`` and on the foreground, then :func:`composite`.
+
+    The build, ``MattingDataset`` and ``matteforge materialize`` all make a composite through
+    this one function, so a composite made on read is the stored one pixel for pixel.
+    """
+    if effects:
+        background = apply_background_effects(background, effects)
+        foreground = apply_foreground_effects(foreground, alpha, effects)
+    return composite(foreground, alpha, background, mode)

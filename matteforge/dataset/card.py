@@ -62,12 +62,23 @@ def write_card(out: Location, samples: pa.Table, composites: pa.Table,
             write_bytes_atomic(out, out.path(rel), buf.getvalue())
             written.append(rel)
     counts = {t: {s: r.num_rows for s, r in sp.items()} for t, sp in tables.items()}
-    text = card_text(record, counts)
+    unstored = (composites.column("merged_uri").null_count
+                if "merged_uri" in composites.column_names else 0)
+    text = card_text(record, counts, unstored)
     write_bytes_atomic(out, out.path(CARD), text.encode())
     return [*written, CARD]
 
 
-def card_text(record: dict[str, Any], counts: dict[str, dict[str, int]]) -> str:
+def _unstored(n: int) -> str:
+    if not n:
+        return ""
+    return (f"\n\n{n} composites are not stored (built with `composite.store: false`; their "
+            "`merged_uri` is empty): each row holds its recipe, `matteforge.torch.MattingDataset"
+            "` makes them on read, and `matteforge materialize .` writes their files.")
+
+
+def card_text(record: dict[str, Any], counts: dict[str, dict[str, int]],
+              unstored: int = 0) -> str:
     model = record.get("model", {})
     licenses = hub_licenses(str(model.get("license", "")))
     configs = [{"config_name": table,
@@ -128,7 +139,7 @@ ds = ds.cast_column("alpha", datasets.Image())
 config `manifest` holds every input's row (rejected, failed and duplicate ones too, with a
 reason). All rows: {dataset.get('samples')}
 ({json.dumps(dataset.get('by_status', {}), sort_keys=True)}); composites:
-{dataset.get('composites')}. Near-identical photos share a split (`group_id`).
+{dataset.get('composites')}. Near-identical photos share a split (`group_id`).{_unstored(unstored)}
 
 ## Recipe
 

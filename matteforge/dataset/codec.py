@@ -12,14 +12,33 @@ from typing import Literal
 import cv2
 import numpy as np
 
+# How a PNG is compressed; both are lossless, only the bytes and the time differ.
+# "small": zlib level 6, libpng's adaptive filters (every artifact: image, mask, alpha, fg, ...).
+# "fast": zlib's run-length strategy after the Paeth filter (composites, written 20-100 times per
+#   portrait).  cv2.imencode of 0.7 MP composites over the shared photo backgrounds (2 cores,
+#   load about 2): level 6 194 ms and 573 KB; level 1 42-48 ms, 670 KB; RLE + Paeth 29-35 ms,
+#   547 KB; RLE + Up 27 ms, 593 KB; level 0 24 ms, 2.1 MB.  benchmarks/stages.py --config
+#   comp1k sets it against level 1 in every run.  OpenCV < 4.11 has no filter flag: there
+#   "fast" is RLE after libpng's adaptive filters (about 40 ms, the same size).
+PngSpeed = Literal["small", "fast"]
+_PNG_FLAGS: dict[str, list[int]] = {
+    "small": [cv2.IMWRITE_PNG_COMPRESSION, 6],
+    "fast": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+             cv2.IMWRITE_PNG_STRATEGY_RLE]
+    + ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+       if hasattr(cv2, "IMWRITE_PNG_FILTER") else []),
+}
 
-def encode(image: np.ndarray, fmt: str = "png", jpeg_quality: int = 95) -> bytes:
-    """RGB (HxWx3) or single-channel (HxW) uint8 → PNG or JPEG bytes."""
+
+def encode(image: np.ndarray, fmt: str = "png", jpeg_quality: int = 95,
+           png: PngSpeed = "small") -> bytes:
+    """RGB (HxWx3) or single-channel (HxW) uint8 → PNG or JPEG bytes (``png``: see
+    :data:`PngSpeed`; the pixels a PNG decodes to are the same either way)."""
     if image.dtype != np.uint8:
         raise TypeError(f"expected uint8, got {image.dtype}")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     if fmt == "png":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        ok, buf = cv2.imencode(".png", bgr, _PNG_FLAGS[png])
     elif fmt in ("jpg", "jpeg"):
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     else:

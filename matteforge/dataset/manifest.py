@@ -108,9 +108,11 @@ COMPOSITES_SCHEMA = pa.schema(
         _field("bg_id", pa.string(), "background id (hash of its bytes)"),
         _field("index", pa.int32(), "position of this background among the sample's"),
         _field("split", pa.string(), "train | test (the sample's split)"),
-        _field("merged_uri", pa.string(), "composite image, relative to the dataset root"),
-        _field("merged_sha256", pa.string(), "sha256 of the composite file"),
-        _field("merged_bytes", pa.int64(), "size of the composite file"),
+        _field("merged_uri", pa.string(), "composite image, relative to the dataset root; null "
+               "when not stored (composite.store: false): made from this row on read, "
+               "`matteforge materialize` writes it"),
+        _field("merged_sha256", pa.string(), "sha256 of the composite file (null: not stored)"),
+        _field("merged_bytes", pa.int64(), "size of the composite file (null: not stored)"),
         _field("bg_uri", pa.string(), "background as used (relative, or its source URI)"),
         _field("fg_uri", pa.string(), "foreground, relative to the dataset root"),
         _field("alpha_uri", pa.string(), "alpha, relative to the dataset root"),
@@ -120,6 +122,9 @@ COMPOSITES_SCHEMA = pa.schema(
         _field("config_hash", pa.string(), "hash of the output-shaping configuration"),
         _field("effects", pa.string(), "JSON list of effects applied ({name, params}); "
                "tasks/effects.py re-applies them exactly"),
+        _field("merged_format", pa.string(), "png | jpg: the composite file's format, stored "
+               "or not"),
+        _field("jpeg_quality", pa.int32(), "JPEG quality of a jpg composite; null for png"),
     ]
 )
 

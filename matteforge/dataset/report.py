@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from matteforge.dataset.codec import decode, encode
 from matteforge.dataset.manifest import STAGES, STATS_FILE
+from matteforge.dataset.materialize import CompositeRecipe, CompositeSources
 from matteforge.dataset.snapshot import Manifest
 from matteforge.dataset.storage import Location, read_bytes, refresh, write_bytes_atomic
 from matteforge.tasks.ingest import content_hash, decode_image
@@ -194,17 +195,19 @@ def _read_json(out: Location, rel: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _first_composites(composites: pa.Table) -> dict[str, tuple[str, str]]:
-    """sample_id → (merged_uri, effects caption) of its first composite (lowest index)."""
+def _first_composites(composites: pa.Table) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """sample_id → (merged_uri or "" when not stored, effects caption, row) of its first
+    composite (lowest index)."""
     if not composites.num_rows or "merged_uri" not in composites.column_names:
         return {}
-    found: dict[str, tuple[int, str, str]] = {}
+    found: dict[str, tuple[tuple[int, str], dict[str, Any]]] = {}
     for row in composites.to_pylist():
-        key = (row.get("index") or 0, row.get("merged_uri") or "")
+        key = (row.get("index") or 0, row.get("composite_id") or "")
         sid = row.get("sample_id") or ""
-        if row.get("merged_uri") and (sid not in found or key < found[sid][:2]):
-            found[sid] = (*key, _effects_caption(row.get("effects")))
-    return {sid: (uri, caption) for sid, (_, uri, caption) in found.items()}
+        if sid not in found or key < found[sid][0]:
+            found[sid] = (key, row)
+    return {sid: (row.get("merged_uri") or "", _effects_caption(row.get("effects")), row)
+            for sid, (_, row) in found.items()}
 
 
 def _effects_caption(effects: str | None) -> str:
@@ -265,6 +268,7 @@ class _Thumbnailer:
         self.source_options = source_options
         self.written: set[str] = set()
         self._dead_protocols: set[str] = set()  # one failed open per protocol is enough
+        self._sources: CompositeSources | None = None
 
     def put(self, key: str, image: np.ndarray) -> str:
         """Write a thumbnail of ``image``; returns its path relative to ``report/``."""
@@ -279,6 +283,12 @@ class _Thumbnailer:
     def artifact(self, rel: str) -> np.ndarray:
         """One of the dataset's own files, grey or RGB as stored."""
         return decode(read_bytes(self.out, self.out.path(rel)))
+
+    def remade(self, row: dict[str, Any]) -> np.ndarray:
+        """A composite the build did not store, made from its row as the build would have."""
+        if self._sources is None:
+            self._sources = CompositeSources(self.out, self.source_options)
+        return self._sources.pixels(CompositeRecipe.from_row(row))
 
     def source(self, uri: str, sha256: str) -> np.ndarray:
         """The source photo, opened best-effort with fsspec (it may be remote or gone).
@@ -476,7 +486,8 @@ def _nav(sheet: str, number: int, pages: int) -> str:
     return f"<nav>pages: {links}</nav>"
 
 
-def _sheet(sheet: str, rows: list[dict[str, Any]], merged: dict[str, tuple[str, str]],
+def _sheet(sheet: str, rows: list[dict[str, Any]],
+           merged: dict[str, tuple[str, str, dict[str, Any]]],
            thumbs: _Thumbnailer, number: int, pages: int, shown: int, total: int) -> str:
     head = (f"<h2 id=\"{sheet}\">{_e(SHEETS[sheet])}</h2><p>{shown} of {total} rows shown"
             f"{' (a seeded sample)' if shown < total else ''}.</p>")
@@ -507,7 +518,7 @@ def _placeholder(text: str) -> str:
     return f"<td class=\"img ph\">{_e(text)}</td>"
 
 
-def _sheet_row(row: dict[str, Any], merged: dict[str, tuple[str, str]],
+def _sheet_row(row: dict[str, Any], merged: dict[str, tuple[str, str, dict[str, Any]]],
                thumbs: _Thumbnailer) -> str:
     key = _row_key(row)
     cells = [_info(row)]
@@ -527,9 +538,12 @@ def _sheet_row(row: dict[str, Any], merged: dict[str, tuple[str, str]],
             loaders["fg"] = ((lambda: _checker_composite(artifact(fg_alpha[0]),
                                                          _grey(artifact(fg_alpha[1])))),
                              fg_alpha[0])
-        uri, caption = merged.get(row.get("sample_id") or "", ("", ""))
+        uri, caption, first = merged.get(row.get("sample_id") or "", ("", "", None))
         if uri:
             loaders["composite"] = ((lambda rel=uri: artifact(rel)), uri)
+        elif first is not None:  # not stored (composite.store: false): made here from its row
+            loaders["composite"] = ((lambda: thumbs.remade(first)), None)
+            caption = "; ".join(filter(None, ("made on read", caption)))
         for kind in SHEET_COLUMNS:
             if kind in loaders:
                 load, link = loaders[kind]

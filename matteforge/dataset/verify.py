@@ -1,12 +1,14 @@
 """Check a built dataset against its own manifest, dataset.json and stats.json.
 
 A dataset is trusted when every file a manifest row names exists with the recorded size and
-hash, no row is duplicated, every manifest file is committed and is one dataset.json
-checksummed, and the counts agree.  ``matteforge verify OUT`` prints every problem found and
-exits non-zero.  Files no row names (left by a build killed between writing a sample's files and
-committing its shard; the next build names or rewrites them) are warnings, not problems: they
-cost space but no reader of the manifest ever sees them.  Sizes come from one recursive
-listing, so an object store answers a few LIST requests instead of one HEAD per file.
+hash (a composite the build did not store, ``composite.store: false``, names no file: its row
+must hold the recipe it is made from on read), no row is duplicated, every manifest file is
+committed and is one dataset.json checksummed, and the counts agree.  ``matteforge verify
+OUT`` prints every problem found and exits non-zero.  Files no row names (left by a build
+killed between writing a sample's files and committing its shard; the next build names or
+rewrites them) are warnings, not problems: they cost space but no reader of the manifest ever
+sees them.  Sizes come from one recursive listing, so an object store answers a few LIST
+requests instead of one HEAD per file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matteforge.dataset import manifest
+from matteforge.dataset.materialize import CompositeRecipe
 from matteforge.dataset.snapshot import Manifest
 from matteforge.dataset.storage import Location, locate, redact_uri, refresh
 from matteforge.tasks.ingest import content_hash
@@ -147,6 +150,15 @@ def _check_duplicate_rows(samples: list[dict[str, Any]], report: Report) -> None
                                    "which no other row holds")
 
 
+def _check_recipe(row: dict[str, Any], owner: str, report: Report) -> None:
+    """A composite without a file is made on read from its row: the row must hold its recipe
+    (its fg, alpha and background are checked as files of their own)."""
+    try:
+        CompositeRecipe.from_row(row)
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"{owner}: no file and no usable recipe: {exc}")
+
+
 @dataclass
 class Damage:
     """What an incremental build or ``verify --repair`` must redo to make the dataset whole."""
@@ -240,7 +252,10 @@ def verify_dataset(
     per_sample = Counter(r["sample_id"] for r in composites)
     for row in composites:
         owner = f"composite {row['composite_id']}"
-        check.file(row["merged_uri"], row["merged_bytes"], row["merged_sha256"], owner)
+        if row["merged_uri"]:
+            check.file(row["merged_uri"], row["merged_bytes"], row["merged_sha256"], owner)
+        else:  # not stored (composite.store: false): its row must say how to make it
+            _check_recipe(row, owner, report)
         if row["sample_id"] not in ok_samples:
             report.problems.append(f"{owner}: its sample is not an ok row of the manifest")
         if "://" not in (row["bg_uri"] or "") and row["bg_uri"] not in check.sizes:

@@ -12,6 +12,8 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from pydantic import SecretStr
 from matteforge.config import BuildConfig, unseal_storage
 from matteforge.dataset import manifest
 from matteforge.dataset.codec import encode, to_uint8
+from matteforge.dataset.materialize import CompositeRecipe, CompositeWriter
 from matteforge.dataset.retry import is_transient
 from matteforge.dataset.storage import (
     Location,
@@ -36,12 +39,7 @@ from matteforge.dataset.unreadable import read_failure
 from matteforge.steps.duplicates import duplicate_row
 from matteforge.tasks import composite as comp
 from matteforge.tasks import trimap
-from matteforge.tasks.effects import (
-    apply_background_effects,
-    apply_foreground_effects,
-    sample_effects,
-    specs_to_json,
-)
+from matteforge.tasks.effects import sample_effects
 from matteforge.tasks.ingest import IngestResult, content_hash, decode_image
 from matteforge.tasks.recipe import StageClock, make_sample
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
@@ -103,16 +101,24 @@ class ShardSummary:
         }
 
 
+# Fitted backgrounds kept per shard: 256 MB holds ~120 fitted at 0.7 MP, ~10 at 8 MP.
+FITTED_BACKGROUND_BYTES = 256 * 2**20
+
+
 class BackgroundCache:
-    """Decoded backgrounds, least-recently-used first out: a shard reuses a bounded set."""
+    """Decoded backgrounds, and fitted ones per size, least-recently-used first out: a shard
+    reuses a bounded set."""
 
     def __init__(self, loc: Location, refs: list[BackgroundRef], capacity: int = 16,
-                 follow_links_outside: bool = False) -> None:
+                 follow_links_outside: bool = False,
+                 fitted_bytes: int = FITTED_BACKGROUND_BYTES) -> None:
         self._loc = loc
         self._follow = follow_links_outside
         self._refs = {r.bg_id: r for r in refs}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._capacity = capacity
+        self._fitted: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._fitted_bytes, self._fitted_budget = 0, fitted_bytes
 
     @property
     def ids(self) -> list[str]:
@@ -133,6 +139,21 @@ class BackgroundCache:
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return decoded.image
+
+    def fitted(self, bg_id: str, height: int, width: int) -> np.ndarray:
+        """The background scaled and cropped to HxW (``tasks/composite.fit_background``), made
+        once per size and shared, read-only, by every composite of that size in the shard."""
+        key = (bg_id, height, width)
+        if key in self._fitted:
+            self._fitted.move_to_end(key)
+            return self._fitted[key]
+        image = comp.fit_background(self.get(bg_id), height, width)
+        image.flags.writeable = False
+        self._fitted[key] = image
+        self._fitted_bytes += image.nbytes
+        while self._fitted_bytes > self._fitted_budget and len(self._fitted) > 1:
+            self._fitted_bytes -= self._fitted.popitem(last=False)[1].nbytes
+        return image
 
 
 @dataclass(frozen=True)
@@ -326,30 +347,31 @@ def make_composites(
     sid: str, fg: np.ndarray, alpha8: np.ndarray, split: str, cfg: BuildConfig,
     backgrounds: BackgroundCache, out: Location, fg_uri: str, alpha_uri: str,
 ) -> list[dict[str, Any]]:
-    """Write the sample's composites; returns their manifest rows."""
+    """The sample's composites: their manifest rows, each with the recipe it is made from
+    (:class:`~matteforge.dataset.materialize.CompositeRecipe`), and with ``composite.store``
+    their files, encoded and written on a background thread while the next one is made.  All
+    files are written when this returns; a write error raises (the sample's ``write_error``)."""
     c = cfg.composite
     count = c.per_foreground_test if split == "test" else c.per_foreground_train
     height, width = alpha8.shape
-    rows = []
-    for index, bg_id in enumerate(comp.assign_backgrounds(sid, backgrounds.ids, count, cfg.seed)):
-        bg = comp.fit_background(backgrounds.get(bg_id), height, width)
-        specs = sample_effects(comp.effects_rng(sid, bg_id, cfg.seed), c.effects)
-        if specs:
-            bg = apply_background_effects(bg, specs)
-            layer = apply_foreground_effects(fg, alpha8, specs)
-        else:
-            layer = fg
-        merged = encode(comp.composite(layer, alpha8, bg, c.mode), c.format, c.jpeg_quality)
-        rel = f"merged/{sid}_{bg_id}.{c.format}"
-        write_bytes_atomic(out, out.path(rel), merged)
-        rows.append({
-            "composite_id": f"{sid}_{bg_id}", "sample_id": sid, "bg_id": bg_id, "index": index,
-            "split": split, "merged_uri": rel, "merged_sha256": content_hash(merged),
-            "merged_bytes": len(merged), "bg_uri": backgrounds.ref(bg_id).bg_uri,
-            "fg_uri": fg_uri, "alpha_uri": alpha_uri, "mode": c.mode,
-            "width": width, "height": height, "config_hash": cfg.config_hash(),
-            "effects": specs_to_json(specs),
-        })
+    common = {"sample_id": sid, "split": split, "config_hash": cfg.config_hash()}
+    rows: list[dict[str, Any]] = []
+    written: list[tuple[dict[str, Any], Future[dict[str, Any]]]] = []
+    with CompositeWriter(out) if c.store else nullcontext() as writer:
+        for index, bg_id in enumerate(comp.assign_backgrounds(sid, backgrounds.ids, count,
+                                                              cfg.seed)):
+            recipe = CompositeRecipe(
+                f"{sid}_{bg_id}", fg_uri, alpha_uri, backgrounds.ref(bg_id).bg_uri, height,
+                width, c.mode, tuple(sample_effects(comp.effects_rng(sid, bg_id, cfg.seed),
+                                                    c.effects)),
+                c.format, c.jpeg_quality if c.format == "jpg" else None)
+            row = {**common, **recipe.columns(), "bg_id": bg_id, "index": index}
+            if writer is not None:
+                pixels = recipe.render(fg, alpha8, backgrounds.fitted(bg_id, height, width))
+                written.append((row, writer.put(recipe, pixels)))
+            rows.append(row)
+    for row, future in written:
+        row.update(future.result())
     return rows
 
 
