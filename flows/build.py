@@ -115,8 +115,8 @@ def _groups(shards: list[tuple[str, list[str]]], cfg: BuildConfig, input_uri: st
         try:
             prints.update(future.result())
         except Exception as exc:  # those inputs fall back to a split of their own
-            logger.warning("fingerprints of %s failed (%s: %s): their near-duplicates are "
-                           "not grouped", "a chunk of inputs", type(exc).__name__, exc)
+            logger.warning("fingerprints of a chunk of inputs failed (%s: %s): their "
+                           "near-duplicates are not grouped", type(exc).__name__, exc)
     groups = group_inputs(prints, known, cfg.composite.near_duplicate_bits, cfg.seed,
                           cfg.composite.test_fraction)
     merged = len(prints) - len({g[1] for g in groups.values()})

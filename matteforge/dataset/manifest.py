@@ -246,19 +246,6 @@ def decode_table(data: bytes, path: str) -> pa.Table:
                            "its samples") from exc
 
 
-def readable_shards(loc: Location, table: str) -> tuple[dict[str, pa.Table], list[str]]:
-    """One pass over a table's committed files: those that read (file name → table), and the
-    paths, relative to the root, of those that do not (truncated, overwritten)."""
-    tables: dict[str, pa.Table] = {}
-    bad: list[str] = []
-    for name, path in shard_files(loc, table).items():
-        try:
-            tables[name] = read_shard(loc, path)
-        except CorruptShard:
-            bad.append(f"manifest/{table}/{name}")
-    return tables, bad
-
-
 QUARANTINE_DIR = "quarantine"
 
 
@@ -279,7 +266,11 @@ def read_table(loc: Location, table: str) -> pa.Table:
     Shards written before a column was added (same schema version) get nulls in it, so a build
     into an older dataset still reads it.
     """
-    tables = list(read_shards(loc, table).values())
+    return concat_shards(list(read_shards(loc, table).values()), table)
+
+
+def concat_shards(tables: list[pa.Table], table: str) -> pa.Table:
+    """Shard tables as one; an empty list gives an empty table of ``table``'s schema."""
     return pa.concat_tables(tables, promote_options="default") if tables else to_table([], table)
 
 
@@ -287,17 +278,6 @@ def shard_run(table: pa.Table) -> dict[str, Any]:
     """The writing task's timing stored in a samples file ({} for files without it)."""
     raw = (table.schema.metadata or {}).get(SHARD_RUN_KEY.encode())
     return json.loads(raw) if raw else {}
-
-
-def rewrite_shard(
-    loc: Location, table: str, name: str, rows: list[dict[str, Any]],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Replace a shard file with ``rows``, or delete it when no row is left."""
-    if rows:
-        write_table(loc, table, name, rows, metadata)
-    elif loc.fs.exists(loc.path("manifest", table, name)):
-        loc.fs.rm(loc.path("manifest", table, name))
 
 
 def uncommitted_shards(loc: Location) -> list[str]:

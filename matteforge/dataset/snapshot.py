@@ -87,10 +87,8 @@ class Manifest:
         return [row for rows in self.shards(table).values() for row in rows]
 
     def table(self, table: str) -> pa.Table:
-        """The whole table, as :func:`manifest.read_table` concatenates it."""
-        tables = list(self.tables(table).values())
-        return (pa.concat_tables(tables, promote_options="default") if tables
-                else manifest.to_table([], table))
+        """The whole table, as :func:`manifest.read_table` gives it."""
+        return manifest.concat_shards(list(self.tables(table).values()), table)
 
     def checksums(self) -> dict[str, str]:
         """sha256 of every manifest file as committed, for dataset.json."""

@@ -229,14 +229,12 @@ def verify_dataset(
                       "dataset.json is missing (the build never finished)")
     stats = _read_json(out, STATS_FILE, report, None)
     _check_commits(meta, check)
-    read = {table: manifest.readable_shards(out, table) for table in manifest.TABLES}
-    for rel in (rel for _, broken in read.values() for rel in broken):
+    loaded = Manifest.load(out)
+    for rel in loaded.unreadable:
         report.problems.append(f"{rel} cannot be read (not Parquet: truncated or overwritten); "
                                "`matteforge verify --repair` moves it aside and redoes its "
                                "samples")
-    sample_shards = read["samples"][0]
-    samples = [r for t in sample_shards.values() for r in t.to_pylist()]
-    composites = [r for t in read["composites"][0].values() for r in t.to_pylist()]
+    samples, composites = loaded.rows("samples"), loaded.rows("composites")
     _duplicates([r["source_uri"] for r in samples], "sample source", report)
     _duplicates([r["composite_id"] for r in composites], "composite", report)
     _check_duplicate_rows(samples, report)
@@ -264,8 +262,8 @@ def verify_dataset(
         if per_sample.get(sid, 0) != row["n_composites"]:
             report.problems.append(f"sample {sid}: {per_sample.get(sid, 0)} composite rows, "
                                    f"n_composites says {row['n_composites']}")
-    _check_counts(meta, stats, samples, len(composites), set(sample_shards), report)
-    backgrounds = [r for t in read["backgrounds"][0].values() for r in t.to_pylist()]
+    _check_counts(meta, stats, samples, len(composites), set(loaded.tables("samples")), report)
+    backgrounds = loaded.rows("backgrounds")
     named = {row.get(f"{kind}_uri") for row in samples for kind in manifest.ARTIFACTS}
     named |= {row.get(key) for row in composites for key in ("merged_uri", "bg_uri")}
     named |= {row.get("bg_uri") for row in backgrounds}
