@@ -10,15 +10,14 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 setup: $(VENV)/.installed
 
 # The tests' set-up: the venv, plus Debian's chromium for the one browser test of the HTML
-# report (tests/test_report.py). Installed with --no-upgrade, so no package already on the
-# machine changes; where that cannot be done (no apt-get, not root, or chromium would need
-# other packages upgraded) the browser test skips with a message. The demo needs no browser.
+# report (tests/test_report.py), by tools/install_browser.sh only when no package already on
+# the machine would change; where that cannot be done (no apt-get, not root, or chromium would
+# need other packages upgraded) the browser test skips with a message. The demo needs no browser.
 test-setup: $(VENV)/.browser
 
 $(VENV)/.browser: $(VENV)/.installed
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
-		{ apt-get install -y -q --no-upgrade chromium || \
-		  { apt-get update -q && apt-get install -y -q --no-upgrade chromium; }; } \
+		tools/install_browser.sh \
 		|| echo "chromium not installed: tests/test_report.py will skip its browser test"
 	touch $@
 

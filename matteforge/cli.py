@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -316,6 +317,9 @@ def _quiet_services(verbose: bool, log_format: str, live: bool) -> None:
     --verbose; Prefect's per-shard INFO lines give way to the live bar or the JSON events.
     Set before they start, so every worker inherits it."""
     os.environ["DASK_LOGGING__DISTRIBUTED"] = "info" if verbose else "error"
+    if not verbose:  # the dashboard moving off a busy 8787 is said by warnings, not logging
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use",
+                                category=UserWarning)
     if (log_format == "json" or live) and not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

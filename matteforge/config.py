@@ -93,6 +93,10 @@ class SegmentConfig(_Section):
     passes: int | None = Field(
         None, ge=1, le=16, description="rvm: times the photo is fed (1 = fastest); None = 2."
     )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Run the models on: 'auto' (a GPU when torch sees one, else the CPU), "
+        "'cpu' or 'cuda[:N]' (an error without a GPU).")
 
     def model_names(self) -> list[str | UserModelConfig]:
         """The models behind the mask: one, or an ensemble's members in order."""
@@ -367,6 +371,8 @@ class BuildConfig(_Section):
             include={"seed", "ingest", "segment", "trimap", "alpha", "composite", "quality"}
         )
         relevant["segment"].pop("weights_path", None)
+        # The device changes a model's map by float round-off, not what the dataset is.
+        relevant["segment"].pop("device", None)
         # Which links are read decides which inputs are processed, not how: planning redoes
         # the outside_input rows when it is switched on (matteforge/steps/plan.py).
         relevant["ingest"].pop("follow_links_outside", None)

@@ -25,8 +25,12 @@ def estimate_foreground_background(
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
     if alpha.shape != image.shape[:2]:
         raise ValueError(f"alpha shape {alpha.shape} does not match image {image.shape[:2]}")
-    a = alpha.astype(np.float64) / 255.0 if alpha.dtype == np.uint8 else alpha.astype(np.float64)
-    fg, bg = estimate_foreground_ml(image.astype(np.float64) / 255.0, np.clip(a, 0.0, 1.0),
+    # pymatting works in float32 whatever it is given: handing it float32 saves the float64
+    # copies (~380 MB at 12 MP) and gives the same bits, since x/255 rounded once to float32
+    # equals x/255 rounded to float64 and then to float32 for every 8-bit x.
+    a = alpha.astype(np.float32) / np.float32(255) if alpha.dtype == np.uint8 else alpha
+    fg, bg = estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
+                                    np.clip(a, 0.0, 1.0, dtype=np.float32),
                                     return_background=True)
     return _to_uint8(fg), _to_uint8(bg)
 

@@ -30,6 +30,7 @@ from matteforge.models.backends import (
     letterbox,
     load_backend,
     long_side_size,
+    model_device,
 )
 from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
 from matteforge.models.registry import FACE_WEIGHTS
@@ -236,14 +237,15 @@ def load_segmenter(
     name: ModelName | tuple[ModelName, ...] = DEFAULT_MODEL,
     weights_path: str | None = None,
     cache_dir: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     size: int | tuple[int, ...] | None = None,
     passes: int | None = None,
 ) -> Segmenter:
     """Load once per process (each Dask worker pays the load once, not once per batch).
 
     `name` is a built-in backend or your own model's settings (`segment.model` in the config),
-    or a tuple of them (an ensemble). `size` is the backend's input long side where it has one
+    or a tuple of them (an ensemble); `device` is `segment.device` ("auto": a GPU when torch
+    sees one). `size` is the backend's input long side where it has one
     (rvm: one or more, default 384 and 640), `passes` rvm's number of frames (2); None = the
     default (in an ensemble both go to rvm alone).
     """
@@ -254,7 +256,8 @@ def segmenter_for(cfg: SegmentConfig) -> Segmenter:
     """The segmenter a build's `segment` section asks for."""
     size = tuple(cfg.size) if isinstance(cfg.size, list) else cfg.size  # hashable for the cache
     model = tuple(cfg.model) if isinstance(cfg.model, list) else cfg.model
-    return load_segmenter(model, weights_path=cfg.weights_path, size=size, passes=cfg.passes)
+    return load_segmenter(model, weights_path=cfg.weights_path, device=cfg.device, size=size,
+                          passes=cfg.passes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -281,6 +284,6 @@ def _load_cached(
         presence = load_backend("mediapipe-selfie", None, cache_dir, device)
     face_path = resolve_weights(FACE_WEIGHTS, None, cache_dir)
     return GatedSegmenter(
-        backends, load_tflite(face_path), sha256_file(face_path), presence, device,
+        backends, load_tflite(face_path), sha256_file(face_path), presence, model_device(device),
         calibrated[0] if calibrated else 0,
     )

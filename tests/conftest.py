@@ -43,3 +43,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """One real ``prefect server`` for the session: ``(api_url, its PREFECT_HOME)``.
+
+    Builds that are not about Prefect's own temporary server report to it, so each of them
+    skips the ~10 s that server takes to start; the tests of the README's local mode, of Ctrl-C
+    and of crashes keep the temporary one. Give each build its own home with
+    ``loopback.prefect_env(home, api_url)``.
+    """
+    import loopback
+
+    root = tmp_path_factory.mktemp("prefect-session")
+    server, url = loopback.start_prefect_server(root / "home", root / "logs")
+    try:
+        yield url, root / "home"
+    finally:
+        server.stop()

@@ -19,3 +19,23 @@ def resized_copies(folder: Path, photo: np.ndarray, count: int, first_side: int 
         Image.fromarray(photo).resize((side, side), Image.Resampling.BILINEAR).save(path)
         paths.append(path)
     return paths
+
+
+# The build's machinery with the smallest real model (MediaPipe selfie) and few composites: for
+# tests of orchestration, signals, crashes and storage, where the recipe's quality is not the
+# subject (tests/test_build_flow.py runs the default recipe end to end).
+LIGHT_CONFIG = """\
+name: light
+seed: 2
+segment: {model: mediapipe-selfie}
+composite: {per_foreground_train: 2, per_foreground_test: 1, test_fraction: 0.5}
+run: {shard_size: 1, n_workers: 1}
+"""
+
+
+def light_config(folder: Path) -> Path:
+    """``LIGHT_CONFIG`` written to ``folder/light.yaml``; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "light.yaml"
+    path.write_text(LIGHT_CONFIG)
+    return path

@@ -26,6 +26,7 @@ from matteforge.tasks.alpha.graph import (
 )
 from matteforge.tasks.alpha.system import (
     band_mask,
+    build_matting_system,
     default_band_radius,
     drop_components,
     eliminated_knn_system,
@@ -33,6 +34,7 @@ from matteforge.tasks.alpha.system import (
     soft_constrained_system,
     split_trimap,
 )
+from matteforge.tasks.closed_form import closed_form_system
 
 P3M = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3m_figure_gt"
 
@@ -515,6 +517,50 @@ def test_float_image_in_unit_range_matches_uint8():
     np.testing.assert_allclose(
         _alpha(image / 255.0, trimap), _alpha(image, trimap), atol=1e-4
     )
+
+
+def test_prior_maps_in_their_own_dtype_build_the_same_system_as_float64_copies():
+    # The prior and the prior-weight map are read at the band's nodes only (no whole-image
+    # float64 copies); the prior is clipped to [0, 1] there.
+    image, trimap = _synthetic()
+    rng = np.random.default_rng(2)
+    prior = rng.uniform(-0.5, 1.5, trimap.shape).astype(np.float32)
+    weights = rng.uniform(0.0, 2.0, trimap.shape).astype(np.float32)
+    given = build_matting_system(image, trimap, prior=prior, prior_weight=weights, cf_weight=10.0)
+    copied = build_matting_system(
+        image, trimap, prior=np.clip(prior.astype(np.float64), 0.0, 1.0),
+        prior_weight=weights.astype(np.float64), cf_weight=10.0,
+    )
+    assert (given.matrix != copied.matrix).nnz == 0
+    np.testing.assert_array_equal(given.rhs, copied.rhs)
+    np.testing.assert_array_equal(given.x0, copied.x0)
+    np.testing.assert_array_equal(given.alpha, copied.alpha)
+    flat = build_matting_system(image, trimap, prior=prior, prior_weight=0.5)
+    mapped = build_matting_system(
+        image, trimap, prior=prior, prior_weight=np.full(trimap.shape, 0.5, np.float32)
+    )
+    assert (flat.matrix != mapped.matrix).nnz == 0
+    np.testing.assert_array_equal(flat.rhs, mapped.rhs)
+
+
+def test_all_unknown_returns_the_prior_clipped_to_unit_range():
+    image, _ = _synthetic(20, 24)
+    trimap = np.full((20, 24), 128, np.uint8)
+    prior = np.linspace(-0.5, 1.5, 20 * 24, dtype=np.float32).reshape(20, 24)
+    np.testing.assert_array_equal(_alpha(image, trimap, prior=prior), np.clip(prior, 0.0, 1.0))
+
+
+def test_cf_weight_adds_the_closed_form_system_scaled_once():
+    image, trimap = _synthetic()
+    knn = build_matting_system(image, trimap)
+    both = build_matting_system(image, trimap, cf_weight=3.0)
+    is_foreground, is_unknown = split_trimap(trimap)
+    cf_matrix, cf_rhs, _ = closed_form_system(image, is_unknown, is_foreground)
+    assert both.matrix.shape == knn.matrix.shape == cf_matrix.shape  # nothing floats here
+    np.testing.assert_allclose(
+        both.matrix.toarray(), knn.matrix.toarray() + 3.0 * cf_matrix.toarray(), atol=1e-9
+    )
+    np.testing.assert_allclose(both.rhs, knn.rhs + 3.0 * cf_rhs, atol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import loopback
 import numpy as np
 import pandas as pd
 import pytest
@@ -303,7 +304,7 @@ def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def bad_build(tmp_path_factory, portrait, astronaut, coffee) -> dict:
+def bad_build(tmp_path_factory, portrait, astronaut, coffee, prefect_server) -> dict:
     root = tmp_path_factory.mktemp("bad-inputs")
     inputs, backgrounds, out = root / "inputs", root / "backgrounds", root / "out"
     catalogue = write_catalogue(inputs, portrait)
@@ -315,8 +316,7 @@ def bad_build(tmp_path_factory, portrait, astronaut, coffee) -> dict:
     (root / "config.yaml").write_text(_CONFIG)
     home = root / "prefect-home"
     before = _snapshot(root, (out, home, inputs / "locked", inputs / ("d" * 200)))
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
+    env = loopback.prefect_env(home, prefect_server[0])
     build = [sys.executable, "-m", "matteforge.cli", "build", "--config",
              str(root / "config.yaml"), "--input", str(inputs), "--backgrounds",
              str(backgrounds), "--output", str(out)]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loopback
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
@@ -236,14 +237,14 @@ def test_verify_passes_on_the_build_and_lists_damage(demo_build, tmp_path, capsy
     assert "missing file" in capsys.readouterr().out
 
 
-def _run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
+def _run_cli(*args: str, home: Path, api_url: str) -> subprocess.CompletedProcess:
+    env = loopback.prefect_env(home, api_url)
     return subprocess.run([sys.executable, "-m", "matteforge.cli", *args],
                           capture_output=True, text=True, env=env, timeout=900)
 
 
-def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_build, tmp_path):
+def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_build, tmp_path,
+                                                                          prefect_server):
     import shutil
 
     from matteforge.dataset.verify import verify_dataset
@@ -255,7 +256,8 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     before = {p.relative_to(copy): p.read_bytes() for p in (copy / "manifest").rglob("*.parquet")}
     common = ["build", "--config", "demo", "--input", str(portraits), "--backgrounds",
               str(backgrounds), "--output", str(copy), "--workers", "1"]
-    again = _run_cli(*common, home=tmp_path / "h1")
+    again = _run_cli(*common, home=tmp_path / "h1",
+                    api_url=prefect_server[0])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "plan: 5 input(s), 0 to process, 5 already done" in again.stderr
     assert "nothing to do: all 5 input(s)" in again.stderr  # no server, no cluster started
@@ -263,7 +265,8 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     after = {p.relative_to(copy): p.read_bytes() for p in (copy / "manifest").rglob("*.parquet")}
     assert after == before  # no image work, byte-identical manifest
 
-    retry = _run_cli(*common, "--mode", "retry-failed", home=tmp_path / "h2")
+    retry = _run_cli(*common, "--mode", "retry-failed", home=tmp_path / "h2",
+                    api_url=prefect_server[0])
     assert retry.returncode == 0, retry.stderr[-2000:]
     assert '"skipped": 4' in retry.stdout and '"rows_replaced": 1' in retry.stdout
     samples = pd.read_parquet(copy / "manifest/samples")
@@ -276,7 +279,8 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     shutil.copytree(portraits, gone)
     (gone / "broken.jpg").unlink()
     common[common.index(str(portraits))] = str(gone)
-    over = _run_cli(*common, "--mode", "overwrite", home=tmp_path / "h3")
+    over = _run_cli(*common, "--mode", "overwrite", home=tmp_path / "h3",
+                    api_url=prefect_server[0])
     assert over.returncode == 0, over.stderr[-2000:]
     assert '"skipped": 0' in over.stdout and '"samples": 4' in over.stdout
     samples = pd.read_parquet(copy / "manifest/samples")
@@ -285,7 +289,8 @@ def test_incremental_rerun_does_no_work_and_retry_failed_redoes_failures(demo_bu
     assert verify_dataset(str(copy)).ok
 
 
-def test_build_without_config_runs_and_records_the_default_recipe(demo_build, tmp_path):
+def test_build_without_config_runs_and_records_the_default_recipe(demo_build, tmp_path,
+                                                                  prefect_server):
     """No --config: BuildConfig() itself, said once on stderr (GPL weights) and in dataset.json."""
     import shutil
 
@@ -296,7 +301,8 @@ def test_build_without_config_runs_and_records_the_default_recipe(demo_build, tm
     shutil.copy(demo_build.parent / "data" / "backgrounds" / "brick.png", backgrounds)
     out = tmp_path / "out"
     done = _run_cli("build", "--input", str(photos), "--backgrounds", str(backgrounds),
-                    "--output", str(out), "--workers", "1", home=tmp_path / "home")
+                    "--output", str(out), "--workers", "1", home=tmp_path / "home",
+                    api_url=prefect_server[0])
     assert done.returncode == 0, done.stderr[-2000:]
     notices = [line for line in done.stderr.splitlines() if "--config permissive" in line]
     assert len(notices) == 1 and "GPL-3.0" in notices[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from portraits import resized_copies
+from portraits import light_config, resized_copies
 
 from matteforge.dataset import manifest
 from matteforge.dataset.storage import TEMP_DIR, locate
@@ -29,7 +29,8 @@ def _portraits(folder: Path, astronaut: np.ndarray) -> list[Path]:
 
 
 def _build_command(portraits: Path, backgrounds: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "matteforge.cli", "build", "--config", "demo",
+    config = light_config(portraits.parent)  # a kill test: the machinery, not the recipe
+    return [sys.executable, "-m", "matteforge.cli", "build", "--config", str(config),
             "--input", str(portraits), "--backgrounds", str(backgrounds), "--output", str(out),
             "--workers", "1", "--shard-size", "1"]
 

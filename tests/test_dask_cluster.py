@@ -20,6 +20,7 @@ import loopback
 import pandas as pd
 import pytest
 from PIL import Image
+from portraits import light_config
 
 from matteforge.dataset.verify import verify_dataset
 from matteforge.demo import prepare_demo_data
@@ -29,14 +30,9 @@ pytestmark = pytest.mark.slow
 N_VARIANTS = 4  # per demo portrait: enough shards that a kill lands mid-build
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    root = tmp_path_factory.mktemp("prefect")
-    server, url = loopback.start_prefect_server(root / "home", root / "logs")
-    try:
-        yield url, root / "home"
-    finally:
-        server.stop()
+@pytest.fixture
+def prefect_api_url(prefect_server) -> tuple[str, Path]:
+    return prefect_server
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +77,8 @@ def cluster(prefect_api_url, tmp_path) -> Iterator[tuple[str, list[loopback.Serv
 def _build(inputs: tuple[Path, Path, int], out: Path, address: str, url: str, home: Path,
            ) -> subprocess.Popen[str]:
     portraits, backgrounds, _ = inputs
-    argv = [sys.executable, "-m", "matteforge.cli", "build", "--config", "demo", "--input",
+    config = light_config(out.parent)  # scale-out and a lost worker: the machinery, not the recipe
+    argv = [sys.executable, "-m", "matteforge.cli", "build", "--config", str(config), "--input",
             str(portraits), "--backgrounds", str(backgrounds), "--output", str(out),
             "--dask-address", address, "--shard-size", "1"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import loopback
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -279,16 +279,15 @@ def _build(out: Path, gt_root: Path, stems: list[str], model: str) -> None:
                        [BackgroundRef(content_hash(bg.read_bytes())[:20], str(bg), "bg.jpg")]))
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
+def _cli(home: Path, api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = loopback.prefect_env(home, api_url)
     return subprocess.run([sys.executable, "-m", "matteforge.cli", "evaluate", *args],
                           capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-def test_evaluate_and_compare_two_builds_of_p3m_portraits(tmp_path):
+def test_evaluate_and_compare_two_builds_of_p3m_portraits(tmp_path, prefect_server):
     gt_root = shared_data("p3m_figure_gt")
     stems = ["p3m_fig_a1", "p3m_fig_a3", "p3m_fig_b2"]
     selfie, rvm, perfect = tmp_path / "selfie", tmp_path / "rvm", tmp_path / "perfect"
@@ -300,8 +299,8 @@ def test_evaluate_and_compare_two_builds_of_p3m_portraits(tmp_path):
         stem = Path(row["source_uri"]).stem
         shutil.copyfile(gt_root / "alpha" / f"{stem}.png", perfect / row["alpha_uri"])
 
-    proc = _cli(tmp_path / "home", "--dataset", str(selfie), "--compare", str(rvm),
-                "--ground-truth", str(gt_root))
+    proc = _cli(tmp_path / "home", prefect_server[0], "--dataset", str(selfie), "--compare",
+                str(rvm), "--ground-truth", str(gt_root))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "alpha gt band [b-a]" in proc.stdout and "3 scored" in proc.stdout
     assert not (rvm / "evaluation").exists()  # the compared dataset is read, never written
@@ -324,7 +323,7 @@ def test_evaluate_and_compare_two_builds_of_p3m_portraits(tmp_path):
     assert cmp_summary["pairs"] == 3 and cmp_summary["metrics"]["alpha_sad_band"]["count"] == 3
 
     out = tmp_path / "elsewhere"
-    proc = _cli(tmp_path / "home", "--dataset", str(perfect), "--ground-truth",
+    proc = _cli(tmp_path / "home", prefect_server[0], "--dataset", str(perfect), "--ground-truth",
                 str(gt_root / "alpha"), "--name", "copy", "--output", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pq.read_table(out / "copy.parquet").to_pylist()

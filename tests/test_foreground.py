@@ -30,3 +30,21 @@ def test_shape_checks():
         estimate_foreground(np.zeros((4, 4), np.uint8), np.zeros((4, 4)))
     with pytest.raises(ValueError):
         estimate_foreground(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("alpha_dtype", [np.uint8, np.float64])
+def test_float32_inputs_give_the_bits_of_the_float64_reference(astronaut, alpha_dtype):
+    """pymatting computes in float32 anyway: our float32 hand-over must not change a bit."""
+    from pymatting import estimate_foreground_ml
+
+    from matteforge.tasks.foreground import estimate_foreground_background
+
+    image = astronaut[100:260, 150:330]
+    yy, xx = np.mgrid[:160, :180]
+    alpha8 = np.clip((xx - 40) * 3, 0, 255).astype(np.uint8)  # a ramp: every level occurs
+    alpha = alpha8 if alpha_dtype == np.uint8 else alpha8 / 255.0 * (yy < 150)
+    ref = alpha8 / 255.0 if alpha_dtype == np.uint8 else alpha
+    expected = estimate_foreground_ml(image / 255.0, ref, return_background=True)
+    got = estimate_foreground_background(image, alpha)
+    for want, have in zip(expected, got, strict=True):
+        assert np.array_equal(np.clip(np.rint(want * 255.0), 0, 255).astype(np.uint8), have)

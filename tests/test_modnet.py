@@ -241,3 +241,15 @@ def test_devices() -> None:
     else:
         with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
             providers("cuda")
+
+
+def test_auto_uses_the_cuda_provider_only_when_it_can_run():
+    import onnxruntime as ort
+    import torch
+
+    from matteforge.models.modnet import providers
+
+    usable = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    chosen = providers("auto")
+    assert chosen[-1] == "CPUExecutionProvider"
+    assert (chosen[0][0] == "CUDAExecutionProvider") == usable

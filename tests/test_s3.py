@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from portraits import light_config
 from s3server import moto_endpoint
 
 from matteforge.dataset import manifest
@@ -97,8 +98,10 @@ def test_uncommitted_composites_files_are_found_and_discarded(s3, options):
 def _build(endpoint: str, home: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**_no_ambient_credentials(), "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
+    config = light_config(home.parent)  # object storage is the subject, not the recipe
     return subprocess.run(
-        [sys.executable, "-m", "matteforge.cli", "build", "--config", "demo",
+        [sys.executable, "-m", "matteforge.cli", "build", "--config", str(config),
+         "--shard-size", "2",
          "--input", f"s3://{INPUT_BUCKET}/portraits",
          "--backgrounds", f"s3://{INPUT_BUCKET}/backgrounds",
          "--output", f"s3://{OUTPUT_BUCKET}/demo", "--workers", "1",

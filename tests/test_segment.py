@@ -191,3 +191,29 @@ def test_permissive_config_uses_only_apache_weights() -> None:
 def test_unknown_segmenter_name_lists_known_ones() -> None:
     with pytest.raises(ValueError, match="mediapipe-selfie"):
         load_segmenter("u2net")
+
+
+def test_model_device_auto_follows_torch_and_cuda_without_a_gpu_is_one_clear_error():
+    import torch
+
+    from matteforge.models.backends import model_device
+
+    assert model_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert model_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"segment\.device 'cuda:1'.*no CUDA device"):
+            model_device("cuda:1")
+
+
+def test_segment_device_is_validated_and_not_part_of_the_dataset():
+    from pydantic import ValidationError
+
+    from matteforge.config import BuildConfig
+
+    base = BuildConfig()
+    assert base.segment.device == "auto"
+    for device in ("cpu", "cuda", "cuda:1"):
+        cfg = BuildConfig.model_validate({"segment": {"device": device}})
+        assert cfg.config_hash() == base.config_hash()
+    with pytest.raises(ValidationError, match=r"segment\.device"):
+        BuildConfig.model_validate({"segment": {"device": "gpu"}})

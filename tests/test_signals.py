@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from portraits import resized_copies
+from portraits import light_config, resized_copies
 
 from matteforge.dataset.verify import verify_dataset
 
@@ -149,7 +149,8 @@ def test_ctrl_c_sigterm_and_sigkill_stop_a_build_cleanly_and_the_next_run_comple
     _, backgrounds = prepare_demo_data(tmp_path / "data")
     inputs = _portraits(tmp_path / "portraits", astronaut)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "matteforge.cli", "build", "--config", "demo",
+    config = light_config(tmp_path)  # signals stop the machinery; the recipe is not the subject
+    command = [sys.executable, "-m", "matteforge.cli", "build", "--config", str(config),
                "--input", str(tmp_path / "portraits"), "--backgrounds", str(backgrounds),
                "--output", str(out), "--workers", "1", "--shard-size", "1"]
 

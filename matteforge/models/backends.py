@@ -338,12 +338,14 @@ def load_backend(
         size = named_size if name == "rvm" or named_size is None else named_size[0]
     if passes is not None and name != "rvm":
         raise ValueError(f"passes applies to the rvm model only, not {name!r}")
+    # "auto" stays "auto" for modnet: onnxruntime decides by its own providers (modnet.py)
+    torch_device = model_device(device)
     if name == "rvm":
-        return _rvm(weights_path, cache_dir, device, size, passes)
+        return _rvm(weights_path, cache_dir, torch_device, size, passes)
     if not isinstance(name, str):
         from matteforge.models.user_models import UserModelBackend
 
-        return UserModelBackend(name, device)
+        return UserModelBackend(name, torch_device)
     plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
     if name in BACKENDS:
         loader: Loader = BACKENDS[name]
@@ -352,4 +354,18 @@ def load_backend(
     else:
         known = [*BACKENDS, *plugins]
         raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(map(repr, known))}")
-    return loader(weights_path, cache_dir, device, size)
+    return loader(weights_path, cache_dir, device if name == "modnet" else torch_device, size)
+
+
+def model_device(device: str) -> str:
+    """The torch device a model runs on: "auto" is a GPU when torch sees one, else the CPU.
+
+    Asking for CUDA where there is none is a one-line error here, not torch's lazy
+    initialisation error in the middle of a shard.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"segment.device {device!r} asked for, but torch sees no CUDA "
+                         "device; use 'cpu' or 'auto'")
+    return device

@@ -65,7 +65,12 @@ def check_size(size: object) -> int:
 
 
 def providers(device: str) -> list[str | tuple[str, dict[str, int]]]:
-    """onnxruntime execution providers for a torch-style device string."""
+    """onnxruntime execution providers for a torch-style device string ("auto": CUDA when
+    this onnxruntime has its CUDA provider and torch sees a GPU, else the CPU)."""
+    if device == "auto":
+        usable = ("CUDAExecutionProvider" in ort.get_available_providers()
+                  and torch.cuda.is_available())
+        device = "cuda" if usable else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if not device.startswith("cuda"):
@@ -87,7 +92,7 @@ def open_session(path: str | Path, device: str = "cpu") -> ort.InferenceSession:
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=providers(device))
-    if device != "cpu" and "CUDAExecutionProvider" not in session.get_providers():
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in session.get_providers():
         raise RuntimeError(  # onnxruntime falls back to the CPU when CUDA fails to load
             f"onnxruntime could not start its CUDA provider for {device!r} (CUDA/cuDNN "
             "libraries missing or mismatched?); see the log above, or use device 'cpu'"

@@ -258,16 +258,38 @@ def soft_constrained_system(
 
 
 def _prior_weights(prior_weight: float | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """λ_p per pixel: one weight everywhere, or an HxW map (e.g. from the model's confidence)."""
-    weights = np.asarray(prior_weight, dtype=np.float64)
+    """λ_p per pixel: one weight (0-d) everywhere, or an HxW map (e.g. from the model's confidence).
+
+    A map comes back as given, not as a float64 copy (96 MB at 12 MP): only the band's nodes
+    are read (``_at_nodes``).
+    """
+    weights = _numeric(prior_weight)
     if weights.ndim and weights.shape != shape:
         raise ValueError(f"prior_weight map shape {weights.shape} does not match {shape}")
     if np.any(weights < 0):
         raise ValueError("prior_weight must be >= 0")
-    return np.broadcast_to(weights, shape)
+    return weights
+
+
+def _numeric(values: float | np.ndarray) -> np.ndarray:
+    """``values`` as an array, in its own dtype when that is numeric (no copy), else float64."""
+    array = np.asarray(values)
+    return array if array.dtype.kind in "biuf" else array.astype(np.float64)
+
+
+def _at_nodes(values: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """A 0-d or HxW per-pixel ``values`` at the flat pixel indices ``nodes``, as float64."""
+    if values.ndim == 0:
+        return np.full(len(nodes), values, dtype=np.float64)
+    return values.reshape(-1)[nodes].astype(np.float64)
 
 
 def _check_inputs(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Validate the inputs; return the prior, 0-d (the default) or HxW as given, not clipped.
+
+    The prior is clipped to [0, 1] where it is read (at the band's nodes), which spares a
+    float64 copy of the whole map.
+    """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be HxWx3, got shape {image.shape}")
     if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
@@ -275,11 +297,11 @@ def _check_inputs(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray | Non
     if trimap.shape != image.shape[:2]:
         raise ValueError(f"trimap shape {trimap.shape} does not match image {image.shape[:2]}")
     if prior is None:
-        return np.full(trimap.shape, DEFAULT_PRIOR, dtype=np.float64)
-    prior = np.asarray(prior, dtype=np.float64)
+        return np.asarray(DEFAULT_PRIOR, dtype=np.float64)
+    prior = _numeric(prior)
     if prior.shape != trimap.shape:
         raise ValueError(f"prior shape {prior.shape} does not match trimap {trimap.shape}")
-    return np.clip(prior, 0.0, 1.0)
+    return prior
 
 
 @dataclass
@@ -335,7 +357,7 @@ def build_matting_system(
         return settled()
     if n_unknown == trimap.size and not weight_map.any() and cf_weight <= 0:
         # No constraint at all: every unknown region floats, so the answer is the prior itself.
-        alpha[:] = prior_map
+        alpha[:] = np.clip(prior_map, 0.0, 1.0)
         return settled()
     if not math.isinf(constraint_weight) and constraint_weight <= 0:
         raise ValueError("constraint_weight must be positive (or math.inf)")
@@ -347,8 +369,8 @@ def build_matting_system(
     nodes = np.flatnonzero(band_mask(is_unknown, radius))
     node_unknown = is_unknown.ravel()[nodes]
     node_alpha = is_foreground.ravel()[nodes].astype(np.float64)
-    node_prior = prior_map.ravel()[nodes]
-    node_weight = weight_map.ravel()[nodes]
+    node_prior = np.clip(_at_nodes(prior_map, nodes), 0.0, 1.0)
+    node_weight = _at_nodes(weight_map, nodes)
     features = knn_features(image, nodes, spatial_weight)
     if math.isinf(constraint_weight):
         # Only unknown pixels search: the edges a known pixel would add among known pixels
@@ -366,7 +388,10 @@ def build_matting_system(
             cf_matrix, cf_rhs, cf_anchored = closed_form_system(
                 image, is_unknown, is_foreground, cf_epsilon
             )
-            extra = (cf_weight * cf_matrix, cf_weight * cf_rhs, cf_anchored)
+            # Scaled in place: a scaled copy would hold a second ~11M-entry matrix at 12 MP.
+            cf_matrix.data *= cf_weight
+            cf_rhs *= cf_weight
+            extra = (cf_matrix, cf_rhs, cf_anchored)
         matrix, rhs, floating = eliminated_knn_system(
             indices, weights, node_unknown, node_alpha, node_prior, node_weight, sources, extra
         )
