@@ -9,12 +9,36 @@ finds the background B together with F at no extra cost; the quality check
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import numpy as np
 from pymatting import estimate_foreground_ml
 
+try:  # the estimator itself: its public wrapper copies float32 input once more (~190 MB at 12 MP)
+    from pymatting.foreground.estimate_foreground_ml import _estimate_fb_ml
+except ImportError:  # another pymatting layout: the public function, the same result
+    _estimate_fb_ml = None
+# The wrapper's defaults, read from the installed pymatting, so both paths solve the same problem.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(estimate_foreground_ml)
+             .parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _estimator() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    if _estimate_fb_ml is None:
+        return lambda image, alpha: estimate_foreground_ml(image, alpha, return_background=True)
+    d = _DEFAULTS
+    return lambda image, alpha: _estimate_fb_ml(
+        image, alpha, d["regularization"], d["n_small_iterations"], d["n_big_iterations"],
+        d["small_size"], d["gradient_weight"])
+
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+    """[0, 1] float32 → uint8, in place (the float array is spent): no full-size temporaries."""
+    np.multiply(x, np.float32(255), out=x)
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 def estimate_foreground_background(
@@ -29,9 +53,8 @@ def estimate_foreground_background(
     # copies (~380 MB at 12 MP) and gives the same bits, since x/255 rounded once to float32
     # equals x/255 rounded to float64 and then to float32 for every 8-bit x.
     a = alpha.astype(np.float32) / np.float32(255) if alpha.dtype == np.uint8 else alpha
-    fg, bg = estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
-                                    np.clip(a, 0.0, 1.0, dtype=np.float32),
-                                    return_background=True)
+    fg, bg = _estimator()(image.astype(np.float32) / np.float32(255),
+                          np.clip(a, 0.0, 1.0, dtype=np.float32))
     return _to_uint8(fg), _to_uint8(bg)
 
 

@@ -48,3 +48,15 @@ def test_float32_inputs_give_the_bits_of_the_float64_reference(astronaut, alpha_
     got = estimate_foreground_background(image, alpha)
     for want, have in zip(expected, got, strict=True):
         assert np.array_equal(np.clip(np.rint(want * 255.0), 0, 255).astype(np.uint8), have)
+
+
+def test_without_pymattings_inner_estimator_the_public_one_gives_the_same(astronaut, monkeypatch):
+    import matteforge.tasks.foreground as foreground
+
+    image = astronaut[100:200, 150:260]
+    alpha = np.clip((np.arange(110)[None, :] - 30) * 4, 0, 255).astype(np.uint8).repeat(100, 0)
+    direct = foreground.estimate_foreground_background(image, alpha)
+    monkeypatch.setattr(foreground, "_estimate_fb_ml", None)
+    public = foreground.estimate_foreground_background(image, alpha)
+    for a, b in zip(direct, public, strict=True):
+        assert np.array_equal(a, b)
