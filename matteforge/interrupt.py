@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import select
 import signal
@@ -190,9 +191,35 @@ def _workers_leave_ctrl_c_to_us() -> Iterator[None]:
 
 
 def dask_setup(worker: object) -> None:
-    """Dask's preload hook, run in a worker's main thread as it starts: ignore SIGINT."""
+    """Dask's preload hook, run in a worker's main thread as it starts: ignore SIGINT, and
+    report a heartbeat lost to a closed scheduler in one line."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    heartbeat = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, HeartbeatLossInOneLine) for f in heartbeat.filters):
+        heartbeat.addFilter(HeartbeatLossInOneLine())
+
+
+class HeartbeatLossInOneLine(logging.Filter):
+    """A worker's failed heartbeat, as one line with the error instead of a traceback.
+
+    When a build stops, the cluster closes its scheduler while a busy worker may still be
+    sending a heartbeat (seen on a loaded machine); Dask then logs the closed connection with
+    a 20-line traceback through tornado, on the build's stderr after the user's Ctrl-C.  The
+    line and the error's text say all there is to say, here and when a scheduler is really lost.
+    """
+
+    PREFIX = "Failed to communicate with scheduler during heartbeat"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None \
+                and str(record.msg).startswith(self.PREFIX):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def owned_child() -> dict[str, Any]:

@@ -24,14 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from portraits import light_config
 
-CONFIG = """\
-name: faults
-seed: 1
-segment: {model: mediapipe-selfie}
-composite: {per_foreground_train: 1, per_foreground_test: 1, test_fraction: 0.5}
-run: {shard_size: 1, n_workers: 1}
-"""
 N_FRAMES = 4
 
 
@@ -61,10 +55,9 @@ def dataset(tmp_path_factory, astronaut, prefect_server) -> dict:
         (inputs / f"clip-frame-{i}.jpg").write_bytes(_jpeg(np.roll(small, 3 * i, axis=1)))
     camera = np.asarray(Image.fromarray(data.camera()).resize((256, 256)).convert("RGB"))
     (inputs / "camera.jpg").write_bytes(_jpeg(camera))
-    (root / "config.yaml").write_text(CONFIG)
     env = loopback.prefect_env(root / "home", prefect_server[0])
     out = root / "out"
-    args = ["--config", str(root / "config.yaml"), "--input", str(inputs), "--backgrounds",
+    args = ["--config", str(light_config(root)), "--input", str(inputs), "--backgrounds",
             str(backgrounds), "--output", str(out)]
     with _port_taken(8787):  # Dask's dashboard port, as when another cluster runs here
         first = _cli("build", *args, env=env)

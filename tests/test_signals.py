@@ -313,3 +313,43 @@ def test_a_signal_ignored_from_the_start_stays_ignored(tmp_path):
     """)
     stdout, stderr = parent.communicate(timeout=30)
     assert parent.returncode == 0 and stdout == "still running\n", stderr
+
+
+def test_a_worker_heartbeat_lost_to_a_closed_scheduler_is_one_line_without_a_traceback():
+    """Seen on a loaded machine after Ctrl-C: the scheduler closed while a busy worker was
+    sending its heartbeat, and Dask's 20-line traceback landed on the build's stderr."""
+    import inspect
+    import io
+    import logging
+
+    import distributed.worker
+    from distributed.comm.core import CommClosedError
+
+    from matteforge.interrupt import HeartbeatLossInOneLine, dask_setup
+
+    assert HeartbeatLossInOneLine.PREFIX in inspect.getsource(distributed.worker.Worker.heartbeat)
+    logger = logging.getLogger("distributed.worker")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        dask_setup(object())
+        dask_setup(object())  # a second preload run adds no second filter
+        assert sum(isinstance(f, HeartbeatLossInOneLine) for f in logger.filters) == 1
+        try:
+            raise CommClosedError("in <TCP (closed) heartbeat_worker>: Stream is closed")
+        except OSError:
+            logger.exception("Failed to communicate with scheduler during heartbeat.")
+        try:
+            raise ValueError("not a heartbeat")
+        except ValueError:
+            logger.exception("Something else")
+    finally:
+        logger.removeHandler(handler)
+        for f in [f for f in logger.filters if isinstance(f, HeartbeatLossInOneLine)]:
+            logger.removeFilter(f)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    first, *rest = stream.getvalue().splitlines()
+    assert first == ("Failed to communicate with scheduler during heartbeat. (CommClosedError: "
+                     "in <TCP (closed) heartbeat_worker>: Stream is closed)")
+    assert rest[0] == "Something else" and rest[1] == "Traceback (most recent call last):"
