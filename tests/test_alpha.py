@@ -377,6 +377,28 @@ def test_v_cycle_of_our_hierarchy_is_symmetric_and_preconditions_well():
     np.testing.assert_allclose(matrix @ x, u, atol=1e-6)
 
 
+def test_the_v_cycle_holds_its_hierarchy_in_no_reference_cycle():
+    """Freed when the solve lets go, not at the next full garbage collection (0.14 s at 1 MP in
+    a build's process; ~0.5 GB of hierarchy at 12 MP held meanwhile)."""
+    import gc
+    import weakref
+
+    pytest.importorskip("pyamg")
+    hierarchy = ruge_stuben_hierarchy(_poisson(30), max_coarse=50)
+    assert len(hierarchy.levels) > 2
+    finest = weakref.ref(hierarchy.levels[0].A)
+    operator = v_cycle(hierarchy)
+    operator.matvec(np.ones(900))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del hierarchy, operator
+        assert finest() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def test_preconditioned_cg_follows_scipys_cg():
     matrix = _poisson(20) + 0.1 * sp.identity(400, format="csr")
     rhs = np.random.default_rng(4).standard_normal(400)

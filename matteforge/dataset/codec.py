@@ -12,33 +12,30 @@ from typing import Literal
 import cv2
 import numpy as np
 
-# How a PNG is compressed; both are lossless, only the bytes and the time differ.
-# "small": zlib level 6, libpng's adaptive filters (every artifact: image, mask, alpha, fg, ...).
-# "fast": zlib's run-length strategy after the Paeth filter (composites, written 20-100 times per
-#   portrait).  cv2.imencode of 0.7 MP composites over the shared photo backgrounds (2 cores,
-#   load about 2): level 6 194 ms and 573 KB; level 1 42-48 ms, 670 KB; RLE + Paeth 29-35 ms,
-#   547 KB; RLE + Up 27 ms, 593 KB; level 0 24 ms, 2.1 MB.  benchmarks/stages.py --config
-#   comp1k sets it against level 1 in every run.  OpenCV < 4.11 has no filter flag: there
-#   "fast" is RLE after libpng's adaptive filters (about 40 ms, the same size).
-PngSpeed = Literal["small", "fast"]
-_PNG_FLAGS: dict[str, list[int]] = {
-    "small": [cv2.IMWRITE_PNG_COMPRESSION, 6],
-    "fast": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-             cv2.IMWRITE_PNG_STRATEGY_RLE]
-    + ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
-       if hasattr(cv2, "IMWRITE_PNG_FILTER") else []),
-}
+# How every PNG here is compressed (lossless; only the bytes and the time depend on it): zlib's
+# run-length strategy after the Paeth filter. Measured with cv2.imencode, one thread:
+# - 0.7 MP composites over the shared photo backgrounds (2 cores, load about 2): level 6 194 ms
+#   and 573 KB; level 1 42-48 ms, 670 KB; RLE + Paeth 29-35 ms, 547 KB; RLE + Up 27 ms, 593 KB;
+#   level 0 24 ms, 2.1 MB.  benchmarks/stages.py --config comp1k sets it against level 1.
+# - a sample's six files at 1 MP (4 P3M portraits through the default recipe, quiet machine):
+#   level 6 482 ms and 1814 KB together; RLE + Paeth 97 ms and 1790 KB (image 279 -> 51 ms,
+#   fg 149 -> 31 ms; the masks, trimap and alphas 3-5 ms each and a few KB smaller).
+# OpenCV < 4.11 has no filter flag: there it is RLE after libpng's adaptive filters (about 40 ms
+# for the composite, the same size).
+_PNG_FLAGS: list[int] = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+                         cv2.IMWRITE_PNG_STRATEGY_RLE] + (
+    [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER") else [])
 
 
-def encode(image: np.ndarray, fmt: str = "png", jpeg_quality: int = 95,
-           png: PngSpeed = "small") -> bytes:
-    """RGB (HxWx3) or single-channel (HxW) uint8 → PNG or JPEG bytes (``png``: see
-    :data:`PngSpeed`; the pixels a PNG decodes to are the same either way)."""
+def encode(image: np.ndarray, fmt: str = "png", jpeg_quality: int = 95) -> bytes:
+    """RGB (HxWx3) or single-channel (HxW) uint8 → PNG (lossless, see ``_PNG_FLAGS``) or JPEG
+    bytes."""
     if image.dtype != np.uint8:
         raise TypeError(f"expected uint8, got {image.dtype}")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     if fmt == "png":
-        ok, buf = cv2.imencode(".png", bgr, _PNG_FLAGS[png])
+        ok, buf = cv2.imencode(".png", bgr, _PNG_FLAGS)
     elif fmt in ("jpg", "jpeg"):
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     else:

@@ -38,10 +38,6 @@ from matteforge.tasks.effects import EffectSpec, specs_from_json, specs_to_json
 from matteforge.tasks.ingest import content_hash, decode_image
 
 MERGED_DIR = "merged"  # Composition-1K's folder name
-# PNG composites use the encoder's "fast" settings (codec.py): lossless like every PNG here,
-# about 6x faster than the artifacts' level 6 and no bigger.  Changing this changes the bytes
-# of new composite files, never their pixels.
-PNG_SPEED = "fast"
 
 
 @dataclass(frozen=True)
@@ -99,7 +95,7 @@ class CompositeRecipe:
 
     def encode(self, pixels: np.ndarray) -> bytes:
         """The file's bytes, as the build writes them."""
-        return encode(pixels, self.fmt, self.jpeg_quality or 95, png=PNG_SPEED)
+        return encode(pixels, self.fmt, self.jpeg_quality or 95)
 
     def as_read(self, pixels: np.ndarray) -> np.ndarray:
         """The pixels a reader of the file gets: PNG is lossless; a JPEG goes through its

@@ -19,7 +19,6 @@ Example:
     [0.22, 0.33, 0.44, 0.56, 0.67, 0.78]
 """
 
-import gc
 import math
 import time
 from collections.abc import Sequence
@@ -170,10 +169,10 @@ def knn_alpha_batch(
     for system in systems:
         x, iterations, residual = solved.get(id(system), (np.zeros(0), 0, 0.0))
         results.append(_finish(system, x, iterations, residual, share if x.size else 0.0))
+    # Freed here, not at the caller's return: the next stage (foreground) does not stack its
+    # own peak on the systems'. Nothing of the solve is in a reference cycle (the V-cycle is a
+    # loop for that reason), so no garbage collection is needed: a full one cost 0.14 s at 1 MP.
     del systems, live, solutions, solved
-    # The solve's AMG hierarchy leaves reference cycles holding ~0.5 GB at 12 MP: freed now,
-    # the next stage (foreground) does not stack its own peak on top of them.
-    gc.collect()
     return results
 
 

@@ -183,24 +183,30 @@ def v_cycle(hierarchy: "AmgHierarchy | MultilevelSolver") -> LinearOperator:
     upper = [getattr(level, "upper", None) for level in levels[:-1]]
     upper = [strict_upper(a) if u is None else u for u, a in zip(upper, smoothed, strict=True)]
 
-    def cycle(level: int, b: np.ndarray) -> np.ndarray:
-        a = smoothed[level]
-        n = a.shape[0]
-        x = np.zeros_like(b)
-        gauss_seidel(a.indptr, a.indices, a.data, x, b, 0, n, 1)
-        coarse_b = levels[level].R @ (upper[level] @ x)
-        np.negative(coarse_b, out=coarse_b)
-        if level == len(levels) - 2:
-            coarse_x = coarse_solver(levels[-1].A, coarse_b)
-        else:
-            coarse_x = cycle(level + 1, coarse_b)
-        x += levels[level].P @ coarse_x
-        gauss_seidel(a.indptr, a.indices, a.data, x, b, n - 1, -1, -1)
-        return x
+    def cycle(b: np.ndarray) -> np.ndarray:
+        # Down the levels, then up: a loop, not recursion, since a function that calls itself
+        # through its closure is a reference cycle, and one holding the whole hierarchy (~0.5 GB
+        # at 12 MP) lives until a full garbage collection (0.14 s at 1 MP in a build's process).
+        sweeps = []
+        for level in range(len(levels) - 1):
+            a = smoothed[level]
+            x = np.zeros_like(b)
+            gauss_seidel(a.indptr, a.indices, a.data, x, b, 0, a.shape[0], 1)
+            sweeps.append((x, b))
+            b = levels[level].R @ (upper[level] @ x)
+            np.negative(b, out=b)
+        coarse_x = coarse_solver(levels[-1].A, b)
+        for level in reversed(range(len(levels) - 1)):
+            a = smoothed[level]
+            x, b = sweeps[level]
+            x += levels[level].P @ coarse_x
+            gauss_seidel(a.indptr, a.indices, a.data, x, b, a.shape[0] - 1, -1, -1)
+            coarse_x = x
+        return coarse_x
 
     return LinearOperator(
         levels[0].A.shape,
-        matvec=lambda b: cycle(0, np.ascontiguousarray(b, dtype=np.float64).ravel()),
+        matvec=lambda b: cycle(np.ascontiguousarray(b, dtype=np.float64).ravel()),
         dtype=np.float64,
     )
 
