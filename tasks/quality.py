@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from matteforge.tasks.morphology import binary_morphology
+
 MIN_COMPONENT_FRACTION = 0.001  # smaller specks of alpha are not counted as separate regions
 
 
@@ -70,9 +72,10 @@ def composite_residual(
     """Mean absolute compositing-equation error over ``region`` (HxW bool), 0..1 scale."""
     if not region.any():
         return 0.0
-    a = _unit(alpha)[region][:, None]
-    i = _unit(image)[region]
-    model = a * _unit(foreground)[region] + (1.0 - a) * _unit(background)[region]
+    # select, then convert: the band is a few % of a portrait (0.6 s of float copies at 12 MP)
+    a = _unit(alpha[region])[:, None]
+    i = _unit(image[region])
+    model = a * _unit(foreground[region]) + (1.0 - a) * _unit(background[region])
     return float(np.abs(i - model).mean())
 
 
@@ -92,8 +95,9 @@ def edge_support(image: np.ndarray, alpha: np.ndarray, ring_radius: int) -> floa
     if not contour.any():
         return 0.0
     size = 2 * max(1, int(ring_radius)) + 1
-    ring = cv2.dilate(contour.astype(np.uint8),
-                      cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+    ring = binary_morphology(contour.view(np.uint8),
+                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)),
+                             "dilate") > 0
     ring_level = max(float(np.median(magnitude[ring])), 1e-3)
     return float(np.median(magnitude[contour]) / ring_level)
 

@@ -12,6 +12,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from matteforge.tasks.morphology import binary_morphology
+
 KernelShape = Literal["ellipse", "rect", "cross"]
 _SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
 
@@ -58,8 +60,8 @@ def make_trimap(
         prob = prob.astype(np.float32) / 255.0
     mask = binarize(prob, threshold)
     kernel = structuring_element(kernel_shape, half_width)
-    sure_fg = cv2.erode(mask, kernel, borderType=cv2.BORDER_REPLICATE) == 255
-    maybe_fg = cv2.dilate(mask, kernel, borderType=cv2.BORDER_REPLICATE) == 255
+    sure_fg = binary_morphology(mask, kernel, "erode", "replicate") == 255
+    maybe_fg = binary_morphology(mask, kernel, "dilate", "replicate") == 255
     trimap = np.full(mask.shape, UNKNOWN, dtype=np.uint8)
     trimap[sure_fg] = FOREGROUND
     trimap[~maybe_fg] = BACKGROUND
