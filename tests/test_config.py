@@ -13,6 +13,19 @@ def test_packaged_configs_load_and_validate():
     assert load_config("comp1k").composite.per_foreground_train == 100
 
 
+def test_a_folder_named_like_a_packaged_config_does_not_hide_it(tmp_path, monkeypatch):
+    """`matteforge demo --data demo` leaves a folder "demo"; `--config demo` there failed with
+    "[Errno 21] Is a directory"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_config("demo") == load_config(packaged_config_path("demo"))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="config mine is a folder, not a YAML file"):
+        load_config("mine")
+    (tmp_path / "comp1k").write_text("name: local\n")  # a file of that name is still read
+    assert load_config("comp1k").name == "local"
+
+
 def test_overrides_apply_by_dotted_key_and_none_is_ignored(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("run:\n  shard_size: 8\ntrimap:\n  width: 4\n")
