@@ -56,10 +56,10 @@ from matteforge.dataset.verify import Damage, find_damage
 from matteforge.steps.backgrounds import index_backgrounds
 from matteforge.steps.duplicates import resolve_duplicates
 from matteforge.steps.groups import KnownGroups, fingerprint_inputs, group_inputs, known_groups
+from matteforge.steps.jobs import BackgroundRef, GroupRef, ShardJob, ShardSummary
 from matteforge.steps.plan import stale_rows
 from matteforge.steps.preview import check_not_empty, list_inputs, plan_inputs
 from matteforge.steps.progress import emit
-from matteforge.steps.shard import BackgroundRef, GroupRef, ShardJob, ShardSummary, run_shard
 from matteforge.tasks.ingest import content_hash
 from matteforge.tasks.segment import segmenter_for
 
@@ -83,6 +83,9 @@ def make_task_runner(run: RunConfig) -> DaskTaskRunner:
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def process_shard(job: ShardJob) -> ShardSummary:
+    # imported here, on the worker: the flow's own process never runs a stage
+    from matteforge.steps.shard import run_shard
+
     return run_shard(job)
 
 

@@ -33,6 +33,7 @@ from matteforge.tasks import trimap as trimaps
 from matteforge.tasks.alpha import AlphaInfo, AlphaOptions, knn_alpha_with_info
 from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.quality import judge, model_disagreement, quality_figures
+from matteforge.tasks.segment import ensemble_map
 
 
 @dataclass
@@ -48,14 +49,6 @@ class Sample:
     row: dict[str, Any]  # manifest figures: trimap, solver, quality
     verdict: tuple[str, str] | None  # (reason, detail) when the acceptance rule rejects it
     seconds: dict[str, float] = field(default_factory=dict)  # per stage (own clock only)
-
-
-def ensemble_map(maps: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The mean of the models' maps (float32): what the recipe treats as the model's answer."""
-    if not maps:
-        raise ValueError("at least one model map is needed")
-    arrays = [np.asarray(m, dtype=np.float32) for m in maps.values()]
-    return arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
 
 
 def prior_weights(maps: Mapping[str, np.ndarray], weight: float, by_confidence: bool

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +35,6 @@ from matteforge.models.backends import (
 from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
 from matteforge.models.registry import FACE_WEIGHTS
 from matteforge.models.weights import resolve_weights, sha256_file
-from matteforge.tasks.recipe import ensemble_map
 
 DEFAULT_MODEL = "rvm"  # lowest mask error measured (docs/segment.md); configs/permissive.yaml
 # Backends whose own mask the presence rules below were calibrated on; any other backend (meet
@@ -91,6 +90,14 @@ class Segmenter(Protocol):
     models: dict[str, str]  # every model behind a result (mask, presence mask, face): sha256
 
     def predict(self, image: np.ndarray) -> SegmentResult: ...
+
+
+def ensemble_map(maps: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The mean of the models' maps (float32): what the recipe treats as the model's answer."""
+    if not maps:
+        raise ValueError("at least one model map is needed")
+    arrays = [np.asarray(m, dtype=np.float32) for m in maps.values()]
+    return arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:

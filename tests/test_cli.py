@@ -254,3 +254,19 @@ def test_each_mistake_is_one_line_through_the_real_cli_and_starts_nothing(tmp_pa
     assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
     if trace.exists():  # the CLI itself, and no child: no server, no worker
         assert len([x for x in trace.read_text().splitlines() if "execve(" in x]) == 1
+
+
+def test_the_process_that_plans_a_build_does_not_import_the_stages():
+    """The CLI plans and schedules; the workers run the stages. Importing them here cost every
+    build ~1 s of CPU beside the workers (pymatting and numba, the solver, the recipe)."""
+    import subprocess
+    import sys
+
+    heavy = ("matteforge.steps.shard", "matteforge.tasks.recipe", "matteforge.tasks.alpha",
+             "matteforge.tasks.foreground", "pymatting", "numba")
+    code = ("import sys, matteforge.cli, matteforge.flows.build; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

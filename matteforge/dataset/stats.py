@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from matteforge.dataset import manifest
-from matteforge.steps.shard import ShardSummary
+from matteforge.steps.jobs import ShardSummary
 
 STATS_FILE = manifest.STATS_FILE
 

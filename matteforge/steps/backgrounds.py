@@ -17,7 +17,7 @@ from matteforge.dataset.storage import (
     write_bytes_atomic,
 )
 from matteforge.dataset.unreadable import read_failure
-from matteforge.steps.shard import BackgroundRef
+from matteforge.steps.jobs import BackgroundRef
 from matteforge.tasks.ingest import decode_image
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}

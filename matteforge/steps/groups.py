@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from matteforge.dataset.storage import Location, read_input, unwire_path
-from matteforge.steps.shard import GroupRef
+from matteforge.steps.jobs import GroupRef
 from matteforge.tasks.composite import split_for
 from matteforge.tasks.fingerprint import fingerprint
 from matteforge.tasks.near_duplicates import assign_groups, parse_hash_hex

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import SecretStr
 
 from matteforge.config import BuildConfig, unseal_storage
 from matteforge.dataset import manifest
@@ -37,6 +36,7 @@ from matteforge.dataset.storage import (
 )
 from matteforge.dataset.unreadable import read_failure
 from matteforge.steps.duplicates import duplicate_row
+from matteforge.steps.jobs import BackgroundRef, GroupRef, ShardJob, ShardSummary
 from matteforge.tasks import composite as comp
 from matteforge.tasks import trimap
 from matteforge.tasks.effects import sample_effects
@@ -45,60 +45,6 @@ from matteforge.tasks.recipe import StageClock, make_sample
 from matteforge.tasks.segment import PRESENCE_THRESHOLD, Segmenter, is_person, segmenter_for
 
 TRIMAP_DIR = "trimaps"  # Composition-1K's folder name
-
-
-# (phash hex, group_id, split) of one input: its near-duplicate group (matteforge/steps/groups.py).
-GroupRef = tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class BackgroundRef:
-    bg_id: str
-    source_path: str  # path on the backgrounds location
-    bg_uri: str  # as recorded in the manifest
-
-
-@dataclass
-class ShardSummary:
-    """What one shard holds and how long the task that wrote it took (its stats)."""
-
-    shard: str
-    counts: dict[str, int] = field(default_factory=dict)
-    reasons: dict[str, int] = field(default_factory=dict)
-    composites: int = 0
-    seconds: float = 0.0
-    megapixels: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    inputs: int = 0  # inputs the writing task processed (rows may since have been replaced)
-
-    @classmethod
-    def from_rows(
-        cls, shard: str, rows: list[dict[str, Any]], composites: int, seconds: float,
-        inputs: int | None = None,
-    ) -> ShardSummary:
-        """Counts by status and reason, megapixels and stage seconds of a shard's sample rows."""
-        summary = cls(shard=shard, composites=composites, seconds=seconds,
-                      inputs=len(rows) if inputs is None else inputs)
-        for row in rows:
-            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
-            if row["reason"]:
-                summary.reasons[row["reason"]] = summary.reasons.get(row["reason"], 0) + 1
-            if row.get("width") and row.get("height"):
-                summary.megapixels += row["width"] * row["height"] / 1e6
-            for stage in manifest.STAGES:
-                spent = row.get(f"seconds_{stage}") or 0.0
-                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + spent
-        return summary
-
-    def stats(self) -> dict[str, Any]:
-        """The shard's entry in ``stats.json``."""
-        return {
-            "samples": sum(self.counts.values()), "by_status": dict(sorted(self.counts.items())),
-            "by_reason": dict(sorted(self.reasons.items())), "composites": self.composites,
-            "megapixels": round(self.megapixels, 4), "inputs": self.inputs,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.inputs / self.seconds, 4) if self.seconds else None,
-        }
 
 
 # Fitted backgrounds kept per shard: 256 MB holds ~120 fitted at 0.7 MP, ~10 at 8 MP.
@@ -382,27 +328,6 @@ def _configure_threads(n: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One shard's work as the flow hands it to a worker.
-
-    Everything travels with the job, so a worker on another machine needs nothing else:
-    ``storage`` holds the sealed fsspec options per location (``input``, ``backgrounds``,
-    ``output``; :func:`~matteforge.config.seal_storage`), ``groups`` each input's
-    near-duplicate group and split, keyed as listed in ``uris`` (:func:`wire_path` form).
-    """
-
-    shard: str
-    uris: list[str]
-    cfg_data: dict[str, Any]
-    input_uri: str
-    backgrounds_uri: str
-    output_uri: str
-    backgrounds: list[BackgroundRef] = field(default_factory=list)
-    groups: dict[str, GroupRef] = field(default_factory=dict)
-    storage: SecretStr | None = None
 
 
 def run_shard(job: ShardJob,
