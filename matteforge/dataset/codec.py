@@ -17,9 +17,10 @@ import numpy as np
 # - 0.7 MP composites over the shared photo backgrounds (2 cores, load about 2): level 6 194 ms
 #   and 573 KB; level 1 42-48 ms, 670 KB; RLE + Paeth 29-35 ms, 547 KB; RLE + Up 27 ms, 593 KB;
 #   level 0 24 ms, 2.1 MB.  benchmarks/stages.py --config comp1k sets it against level 1.
-# - a sample's six files at 1 MP (4 P3M portraits through the default recipe, quiet machine):
-#   level 6 482 ms and 1814 KB together; RLE + Paeth 97 ms and 1790 KB (image 279 -> 51 ms,
-#   fg 149 -> 31 ms; the masks, trimap and alphas 3-5 ms each and a few KB smaller).
+# - a sample's six files at 1 MP through the default recipe (quiet machine), per portrait: 4 P3M
+#   figures: level 6 554 ms and 1743 KB together, RLE + Paeth 98 ms and 1741 KB (image 290 ->
+#   46 ms, fg 211 -> 37 ms; the masks, trimap and alphas 3-5 ms each and a few KB smaller);
+#   ../shared/data/portraits' two: 482 ms, 1814 KB -> 97 ms, 1790 KB.
 # OpenCV < 4.11 has no filter flag: there it is RLE after libpng's adaptive filters (about 40 ms
 # for the composite, the same size).
 _PNG_FLAGS: list[int] = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
