@@ -53,11 +53,13 @@ def binary_morphology(mask: np.ndarray, kernel: np.ndarray, operation: Operation
         raise ValueError(f"expected a 2-D kernel with odd sides, got shape {kernel.shape}")
     if border not in ("replicate", "ignore"):
         raise ValueError(f"border must be 'replicate' or 'ignore', got {border!r}")
-    on = int(mask.max())
-    small = min(kernel.shape) // 2 < min_radius
-    offsets = None if small else _Offsets.of(kernel)
-    binary = on > 0 and not np.count_nonzero((mask != 0) & (mask != on))
-    if not binary or offsets is None or len(offsets.outer) > MAX_OUTER_PER_SIDE * sum(kernel.shape):
+    # the kernel decides first: a small one (the 1 MP trimap) goes to OpenCV without a pass
+    # over the mask
+    offsets = None if min(kernel.shape) // 2 < min_radius else _Offsets.of(kernel)
+    if offsets is not None and len(offsets.outer) > MAX_OUTER_PER_SIDE * sum(kernel.shape):
+        offsets = None
+    on = 0 if offsets is None else int(mask.max())
+    if on == 0 or np.count_nonzero((mask != 0) & (mask != on)):
         options = {"borderType": cv2.BORDER_REPLICATE} if border == "replicate" else {}
         return _CV_OPS[operation](mask, kernel, **options)
     # erosion is the dilation of the complement; outside the image, "ignore" means "on" for it
