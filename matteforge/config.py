@@ -496,8 +496,9 @@ def load_config(
         p = Path(path)
         # a file named so wins; else a packaged name (a folder "demo" where the user stands,
         # e.g. the demo's own data, does not hide the packaged "demo")
-        if not p.suffix and not p.is_file() and packaged_config_path(str(path)).is_file():
-            p = packaged_config_path(str(path))
+        packaged = packaged_config_path(str(path))
+        if not p.suffix and not p.is_file() and packaged.is_file():
+            p = packaged
         if p.is_dir():
             raise ValueError(f"config {path} is a folder, not a YAML file")
         if not p.exists():
