@@ -53,6 +53,7 @@ from matteforge.dataset.storage import (
 )
 from matteforge.dataset.unreadable import MACHINE_REASONS
 from matteforge.dataset.verify import Damage, find_damage
+from matteforge.models.identity import ModelIdentity, segment_identity
 from matteforge.steps.backgrounds import index_backgrounds
 from matteforge.steps.duplicates import resolve_duplicates
 from matteforge.steps.groups import KnownGroups, fingerprint_inputs, group_inputs, known_groups
@@ -61,7 +62,6 @@ from matteforge.steps.plan import stale_rows
 from matteforge.steps.preview import check_not_empty, list_inputs, plan_inputs
 from matteforge.steps.progress import emit
 from matteforge.tasks.ingest import content_hash
-from matteforge.tasks.segment import segmenter_for
 
 _VERSIONED = ("prefect", "prefect-dask", "dask", "distributed", "torch", "numpy",
               "opencv-python-headless", "scikit-learn", "scipy", "pymatting", "pyarrow", "pillow")
@@ -254,12 +254,6 @@ def _recount(loaded: Manifest, summaries: list[ShardSummary]) -> list[ShardSumma
     return fresh
 
 
-def model_record(seg: Any) -> dict[str, Any]:
-    """dataset.json's ``model``: the mask model, its license and every weights file behind it."""
-    return {"id": seg.model_id, "sha256": seg.weights_sha256, "license": seg.license,
-            "models": dict(seg.models)}
-
-
 def _config_record(cfg: BuildConfig) -> dict[str, Any]:
     """The config as dataset.json keeps it: no locations, a user model's URI without userinfo."""
     record = cfg.model_dump(mode="json", exclude={"input", "backgrounds", "output"})
@@ -377,7 +371,8 @@ def build_dataset(
     assert cfg.input and cfg.backgrounds and cfg.output
     check_locations(cfg)
     logger = get_run_logger()
-    seg = segmenter_for(cfg.segment)
+    # The workers load the models; the flow only records which they are (no torch here).
+    seg = segment_identity(cfg.segment)
     storage = cfg.storage.with_overrides(unseal_storage(storage_options))
     opts = {name: storage.for_location(name, getattr(cfg, name)) for name in LOCATIONS}
     sealed = seal_storage(opts)
@@ -398,8 +393,8 @@ def _still_ours(held: LockInfo) -> None:
                            "rewriting the manifest; the shards committed are kept")
 
 
-def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, out: Location,
-           started: float, check_hashes: bool, held: LockInfo, limit: int | None,
+def _build(cfg: BuildConfig, seg: ModelIdentity, opts: dict[str, Any], sealed: SecretStr,
+           out: Location, started: float, check_hashes: bool, held: LockInfo, limit: int | None,
            allow_empty: bool) -> dict[str, Any]:
     """The build's steps, run while this build holds the output's lock."""
     assert cfg.input and cfg.backgrounds
@@ -445,7 +440,7 @@ def _build(cfg: BuildConfig, seg: Any, opts: dict[str, Any], sealed: SecretStr, 
                    repaired=len(damage.sources), quarantined=len(damage.unreadable),
                    machine_failures=_machine_failures(summary, failures),
                    dataset=loaded.counts())
-    write_record(out, cfg, model_record(seg),
+    write_record(out, cfg, seg.record(),
                  {"input": redact_uri(cfg.input), "backgrounds": redact_uri(cfg.backgrounds)},
                  summary, loaded, source_options=opts["input"])
     logger.info("done: %s", json.dumps({k: summary[k] for k in

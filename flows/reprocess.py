@@ -52,9 +52,9 @@ from matteforge.dataset.storage import Location, locate, read_bytes, redact_uri,
 from matteforge.flows.build import (
     index_backgrounds_task,
     make_task_runner,
-    model_record,
     write_record,
 )
+from matteforge.models.identity import segment_identity
 from matteforge.steps.duplicates import DUPLICATE
 from matteforge.steps.shard import (
     BackgroundCache,
@@ -269,15 +269,15 @@ def reprocess_dataset(
             "parent": storage.for_location("output", source)}
     out = locate(output, opts["output"])
     model = meta["model"]
-    seg = None
+    identity = None
     if old.segment.model != cfg.segment.model or cfg.segment.weights_path:
-        seg = segmenter_for(cfg.segment)
-    stage = first_changed_stage(old, cfg, seg is not None and seg.weights_sha256 != model["sha256"])
+        identity = segment_identity(cfg.segment)
+    stage = first_changed_stage(old, cfg, identity is not None
+                                and identity.weights_sha256 != model["sha256"])
     if stage is None:
         raise ReprocessError("the changes do not alter any output: nothing to reprocess")
     if stage == "segment":
-        seg = seg or segmenter_for(cfg.segment)
-        model = model_record(seg)
+        model = (identity or segment_identity(cfg.segment)).record()
     old_shards = {n: t.to_pylist() for n, t in manifest.read_shards(parent, "samples").items()}
     new_hash = cfg.config_hash()
     shards = [(manifest.shard_name(manifest.shard_key([r["source_uri"] for r in rows], new_hash)),

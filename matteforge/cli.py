@@ -209,7 +209,7 @@ def _storage_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _license_notice(cfg: Any) -> None:
     """Say once, on stderr, when the recipe's masks come from GPL-3.0 weights (rvm)."""
-    from matteforge.models.backends import split_model_name
+    from matteforge.models.identity import split_model_name
 
     names = [split_model_name(n)[0] for n in cfg.segment.model_names() if isinstance(n, str)]
     if "rvm" in names:

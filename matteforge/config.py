@@ -105,7 +105,7 @@ class SegmentConfig(_Section):
     @model_validator(mode="after")
     def _rvm_settings_need_rvm(self) -> SegmentConfig:
         names = self.model_names()
-        from matteforge.models.backends import check_model_name  # torch: only when validating
+        from matteforge.models.identity import check_model_name
 
         for name in names:
             if isinstance(name, str):

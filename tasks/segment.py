@@ -33,13 +33,14 @@ from matteforge.models.backends import (
     model_device,
 )
 from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
+from matteforge.models.identity import ModelIdentity, Weights, gate_index
 from matteforge.models.registry import FACE_WEIGHTS
 from matteforge.models.weights import resolve_weights, sha256_file
 
 DEFAULT_MODEL = "rvm"  # lowest mask error measured (docs/segment.md); configs/permissive.yaml
-# Backends whose own mask the presence rules below were calibrated on; any other backend (meet
-# hallucinates people on coffee and wallpapers) gets its presence evidence from the selfie mask.
-PRESENCE_CALIBRATED = frozenset({"rvm", "mediapipe-selfie", "selfie"})
+# PRESENCE_CALIBRATED (models/identity.py): backends whose own mask the presence rules below were
+# calibrated on; any other backend (meet hallucinates people on coffee and wallpapers) gets its
+# presence evidence from the selfie mask.
 EVIDENCE_SIZE = 256  # long side of the mask the evidence is measured on
 FACE_SIZE = 128
 HEAD_WINDOW_FRACTIONS = (0.25, 0.5, 1.0)  # head-search windows, as fractions of mask width
@@ -201,14 +202,13 @@ class GatedSegmenter:
         self.presence_backend = presence
         self.gate_index = gate_index
         self.face = face.to(self.device)
-        self.model_id = "+".join(b.model_id for b in self.backends)
-        self.weights_sha256 = "+".join(b.weights_sha256 for b in self.backends)
-        self.license = "; ".join(dict.fromkeys(b.license for b in self.backends))
-        # all weights behind a result
-        self.models = {b.model_id: b.weights_sha256 for b in self.backends}
-        if presence is not None:
-            self.models[presence.model_id] = presence.weights_sha256
-        self.models[FACE_WEIGHTS.model_id] = face_sha256
+        identity = ModelIdentity.combine(
+            self.backends, presence, Weights(FACE_WEIGHTS.model_id, face_sha256,
+                                             FACE_WEIGHTS.license))
+        self.model_id = identity.model_id
+        self.weights_sha256 = identity.weights_sha256
+        self.license = identity.license
+        self.models = identity.models  # all weights behind a result
 
     def _face_score(self, image: np.ndarray) -> float:
         canvas, _ = letterbox(image, FACE_SIZE)
@@ -285,12 +285,12 @@ def _load_cached(
                                  passes if n == "rvm" else None) for n in names]
     else:
         backends = [load_backend(names[0], weights_path, cache_dir, device, size, passes)]
-    calibrated = [i for i, n in enumerate(names) if n in PRESENCE_CALIBRATED]
+    gate = gate_index(names)
     presence = None
-    if not calibrated:
+    if gate is None:
         presence = load_backend("mediapipe-selfie", None, cache_dir, device)
     face_path = resolve_weights(FACE_WEIGHTS, None, cache_dir)
     return GatedSegmenter(
         backends, load_tflite(face_path), sha256_file(face_path), presence, model_device(device),
-        calibrated[0] if calibrated else 0,
+        gate or 0,
     )

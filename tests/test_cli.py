@@ -256,15 +256,20 @@ def test_each_mistake_is_one_line_through_the_real_cli_and_starts_nothing(tmp_pa
         assert len([x for x in trace.read_text().splitlines() if "execve(" in x]) == 1
 
 
-def test_the_process_that_plans_a_build_does_not_import_the_stages():
-    """The CLI plans and schedules; the workers run the stages. Importing them here cost every
-    build ~1 s of CPU beside the workers (pymatting and numba, the solver, the recipe)."""
+def test_the_process_that_plans_a_build_does_not_import_the_stages_or_the_models():
+    """The CLI plans and schedules; the workers run the stages and the models. Importing them
+    here cost every build ~1 s of CPU beside the workers (pymatting and numba, the solver, the
+    recipe), and loading the models to read their ids ~2-3 s more before the first shard."""
     import subprocess
     import sys
 
     heavy = ("matteforge.steps.shard", "matteforge.tasks.recipe", "matteforge.tasks.alpha",
-             "matteforge.tasks.foreground", "pymatting", "numba")
-    code = ("import sys, matteforge.cli, matteforge.flows.build; "
+             "matteforge.tasks.foreground", "pymatting", "numba", "torch", "onnxruntime",
+             "matteforge.tasks.segment")
+    code = ("import sys, matteforge.cli, matteforge.flows.build\n"
+            "from matteforge.config import BuildConfig\n"
+            "from matteforge.models.identity import segment_identity\n"
+            "segment_identity(BuildConfig().segment)\n"
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)

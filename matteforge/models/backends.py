@@ -35,6 +35,11 @@ import torch
 
 from matteforge.models.executors.tfjs_torch import TfjsGraphModule, load_tfjs
 from matteforge.models.executors.tflite_torch import TFLiteModule, load_tflite
+from matteforge.models.identity import (
+    PLUGIN_GROUP,
+    split_model_name,
+    tfjs_shard_files,
+)
 from matteforge.models.registry import MEET, RVM, SELFIE_WEIGHTS
 from matteforge.models.weights import (
     NpmModel,
@@ -51,7 +56,6 @@ RVM_SIZES = (384, 640)  # long sides the encoder sees; the maps are averaged
 RVM_PASSES = 2  # frames of the static "video"; the first, from zero state, misses body parts
 RVM_REFINE_SIDE = 2048  # the refiner works at the photo's size up to this long side
 RVM_STATES = ("r1", "r2", "r3", "r4")
-PLUGIN_GROUP = "matteforge.backends"
 
 
 class MatteBackend(Protocol):
@@ -234,7 +238,7 @@ def _load_npm(
         hint = "Or use a model that needs no npm: mediapipe-selfie (--config permissive)."
         raise WeightsError(f"{exc}\n{hint}") from None
     net = load_tfjs(path)
-    return net, shards_sha256(net.shard_files)
+    return net, shards_sha256(tfjs_shard_files(path))
 
 
 def _rvm(
@@ -280,40 +284,6 @@ BACKENDS: dict[str, Loader] = {
     "selfie": _selfie,
     "modnet": _modnet,
 }
-
-
-def check_model_name(name: str) -> None:
-    """Refuse an unknown model name (``name`` or ``name@size``), saying what it may have meant.
-
-    Called when a config is validated, so a typo stops a build before any server or worker
-    starts.
-    """
-    import difflib
-
-    base, _ = split_model_name(name)
-    known = [*BACKENDS, *(ep.name for ep in entry_points(group=PLUGIN_GROUP))]
-    if base in known:
-        return
-    close = difflib.get_close_matches(base, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown segmentation model {base!r}: {hint}known: {', '.join(known)}")
-
-
-def split_model_name(name: str) -> tuple[str, tuple[int, ...] | None]:
-    """``"modnet@384"`` → ``("modnet", (384,))``; ``"rvm@384,640"`` → both sizes; no ``@``: None.
-
-    The size a model's input is scaled to is part of its recipe, so an ensemble can give each
-    member its own (``segment.model: [rvm, modnet@384]``).
-    """
-    base, at, sizes = name.partition("@")
-    if not at:
-        return name, None
-    try:
-        parsed = tuple(int(s) for s in sizes.split(","))
-    except ValueError:
-        raise ValueError(f"model {name!r}: the size after '@' must be whole numbers, "
-                         f"e.g. modnet@384 or rvm@384,640") from None
-    return base, parsed
 
 
 def load_backend(

@@ -14,17 +14,15 @@ TorchScript archives carry code that torch runs on load: load only models you tr
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Sequence
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-import fsspec
 import numpy as np
 import torch
 
 from matteforge.models.backends import as_rgb, letterbox, resize, to_full_size
+from matteforge.models.identity import read_model_bytes, user_model_weights
 from matteforge.models.weights import WeightsError
 
 
@@ -46,19 +44,6 @@ class UserModelSettings(Protocol):
 
 
 Runner = Callable[[np.ndarray], Any]  # NCHW/NHWC float32 batch -> the model's raw outputs
-
-
-def read_model_bytes(uri: str, sha256: str | None) -> bytes:
-    """The model file's bytes from a path or fsspec URI, checked against `sha256` if given."""
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except (OSError, ValueError, ImportError) as exc:
-        raise WeightsError(f"cannot read the user model {uri}: {exc}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if sha256 and actual != sha256.lower():
-        raise WeightsError(f"{uri} has sha256 {actual}, expected {sha256}")
-    return data
 
 
 def prepare_input(image: np.ndarray, s: UserModelSettings) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -173,10 +158,9 @@ class UserModelBackend:
     def __init__(self, settings: UserModelSettings, device: str = "cpu") -> None:
         data = read_model_bytes(settings.uri, settings.sha256)
         self.settings = settings
-        self.weights_sha256 = hashlib.sha256(data).hexdigest()
-        name = PurePosixPath(settings.uri.split("?")[0]).name or "model"  # never credentials
-        self.model_id = f"user-{settings.format}:{name}@{self.weights_sha256[:12]}"
-        self.license = settings.license
+        weights = user_model_weights(settings.format, settings.uri, settings.license, data)
+        self.model_id, self.weights_sha256 = weights.model_id, weights.weights_sha256
+        self.license = weights.license
         self._run = _RUNNERS[settings.format](data, settings, device)
 
     @property
