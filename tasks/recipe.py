@@ -31,6 +31,7 @@ from matteforge.config import BuildConfig
 from matteforge.dataset.codec import to_uint8
 from matteforge.tasks import trimap as trimaps
 from matteforge.tasks.alpha import AlphaInfo, AlphaOptions, knn_alpha_with_info
+from matteforge.tasks.alpha.cg import resolve_solver_device
 from matteforge.tasks.foreground import estimate_foreground_background
 from matteforge.tasks.quality import judge, model_disagreement, quality_figures
 from matteforge.tasks.segment import ensemble_map
@@ -127,7 +128,9 @@ def make_sample(image: np.ndarray, maps: Mapping[str, np.ndarray], cfg: BuildCon
         alpha8 = to_uint8(alpha)
 
     with timed("foreground"):
-        fg, bg = estimate_foreground_background(image, alpha8)
+        # where the solve ran: a torch device (a GPU under "auto") or pymatting on the CPU
+        fg, bg = estimate_foreground_background(image, alpha8,
+                                                resolve_solver_device(a.device))
 
     with timed("quality"):
         figures = quality_figures(image, probability, tri, alpha8, fg, bg, half)

@@ -210,31 +210,74 @@ class GatedSegmenter:
         self.license = identity.license
         self.models = identity.models  # all weights behind a result
 
-    def _face_score(self, image: np.ndarray) -> float:
-        canvas, _ = letterbox(image, FACE_SIZE)
-        x = torch.from_numpy(canvas.astype(np.float32) / 127.5 - 1.0)[None].to(self.device)
+    def _face_scores(self, crops: Sequence[np.ndarray]) -> list[float]:
+        """BlazeFace's best score in each crop, all crops in one forward pass."""
+        canvases = np.stack([letterbox(c, FACE_SIZE)[0] for c in crops])
+        x = torch.from_numpy(canvases.astype(np.float32) / 127.5 - 1.0).to(self.device)
         with torch.inference_mode():
             _, scores = self.face(x)
-        return float(torch.sigmoid(scores.clamp(-100, 100)).max())
+        best = torch.sigmoid(scores.clamp(-100, 100)).reshape(len(crops), -1).amax(dim=1)
+        return best.cpu().tolist()
 
     def predict(self, image: np.ndarray) -> SegmentResult:
-        image = as_rgb(image)
-        arrays = [b.predict(image) for b in self.backends]
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[SegmentResult]:
+        """``predict`` for several portraits, each model run once over all of them (batched
+        per input size where the backend can): on a GPU one forward serves a whole batch."""
+        images = [as_rgb(image) for image in images]
+        if not images:
+            return []
+        arrays = [backend_batch(b, images) for b in self.backends]
         ids = [b.model_id for b in self.backends]
-        # the same model twice (e.g. at two sizes) keeps both maps
-        maps = {(i if ids.count(i) == 1 else f"{i}#{k}"): m
-                for k, (i, m) in enumerate(zip(ids, arrays, strict=True))}
-        full = ensemble_map(maps)
-        gate = (arrays[self.gate_index] if self.presence_backend is None
-                else self.presence_backend.predict(image))
-        small = evidence_map(gate)
-        evidence = mask_evidence(small)
-        crops = [image] + [
-            square_crop(image, *win) for win in head_windows(small > 0.5, image.shape)
-        ]
-        evidence["face_score"] = max(self._face_score(c) for c in crops)
-        return SegmentResult(full, presence_from_evidence(evidence), evidence,
-                             maps if len(maps) > 1 else {})
+        gates = (arrays[self.gate_index] if self.presence_backend is None
+                 else backend_batch(self.presence_backend, images))
+        evidences, crops, owner = [], [], []
+        for k, image in enumerate(images):
+            small = evidence_map(gates[k])
+            evidences.append(mask_evidence(small))
+            for crop in [image] + [square_crop(image, *win)
+                                   for win in head_windows(small > 0.5, image.shape)]:
+                crops.append(crop)
+                owner.append(k)
+        face = [0.0] * len(images)
+        for k, score in zip(owner, self._face_scores(crops), strict=True):
+            face[k] = max(face[k], score)
+        results = []
+        for k, evidence in enumerate(evidences):
+            # the same model twice (e.g. at two sizes) keeps both maps
+            maps = {(i if ids.count(i) == 1 else f"{i}#{n}"): per_image[k]
+                    for n, (i, per_image) in enumerate(zip(ids, arrays, strict=True))}
+            evidence["face_score"] = face[k]
+            results.append(SegmentResult(ensemble_map(maps), presence_from_evidence(evidence),
+                                         evidence, maps if len(maps) > 1 else {}))
+        return results
+
+
+def backend_batch(backend: MatteBackend, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A backend's maps of several images: batched where it can (``predict_batch``; a plugin
+    may have only ``predict``)."""
+    batch = getattr(backend, "predict_batch", None)
+    return list(batch(images)) if batch is not None else [backend.predict(i) for i in images]
+
+
+def predict_batch(seg: Segmenter, images: Sequence[np.ndarray]) -> list[SegmentResult]:
+    """A segmenter's results for several portraits (one by one where it has no batch form,
+    e.g. a stored mask when reprocessing)."""
+    batch = getattr(seg, "predict_batch", None)
+    return list(batch(images)) if batch is not None else [seg.predict(i) for i in images]
+
+
+# Portraits per model batch on a GPU when segment.batch_size is not set; on the CPU a batch
+# gains nothing (one core already runs a forward flat out) and holds every decoded image of it.
+GPU_BATCH = 8
+
+
+def batch_size(cfg: SegmentConfig) -> int:
+    """Portraits a shard sends through the models together (``segment.batch_size``)."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    return GPU_BATCH if torch.device(model_device(cfg.device)).type == "cuda" else 1
 
 
 ModelName = str | UserModelConfig

@@ -46,9 +46,10 @@ def test_the_torch_branch_runs_end_to_end_and_agrees_with_the_cpu_default(tmp_pa
     for name, (alpha, fg) in torch_cpu.outputs.items():
         ref_alpha, ref_fg = cpu.outputs[name]
         assert gpu.difference(alpha, ref_alpha)[0] <= 2  # Jacobi CG vs AMG, same tolerance
-        # F is loosely determined where alpha is near 0: a level of alpha there moves a few
-        # of its pixels by up to ~10 levels (measured at 1 MP); the rest is identical
-        assert gpu.difference(fg, ref_fg)[1] < 0.01
+        # torch's foreground updates red-black where pymatting's loop goes pixel by pixel: on
+        # the P3M portraits 0.12 levels apart on average where α > 0.1, with rare pixels where
+        # F is loosely determined tens of levels off (tests/test_foreground_torch.py)
+        assert gpu.difference(fg, ref_fg, gpu.visible(ref_alpha))[2] < 0.5
     assert "portraits/s" in printed and "alpha s" in printed
 
 

@@ -96,5 +96,5 @@ def test_a_users_copy_of_tfjs_weights_is_hashed_as_its_model_json_names_them(
 def test_a_model_json_that_is_not_one_is_a_weights_error(tmp_path: Path) -> None:
     bad = tmp_path / "rvm.json"
     bad.write_text("{not json")
-    with pytest.raises(WeightsError, match="not a readable tfjs model.json"):
+    with pytest.raises(WeightsError, match=r"not a readable tfjs model\.json"):
         tfjs_shard_files(bad)

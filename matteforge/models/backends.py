@@ -17,15 +17,20 @@ Built in (rvm, meet and selfie run as torch modules, no TensorFlow/tfjs/LiteRT a
 - ``modnet``: MODNet (photographic) as ONNX, run with onnxruntime, short side 512
   (`matteforge.models.modnet`). Apache-2.0.
 
+Every built-in also has ``predict_batch``: the maps of several photos, photos whose model
+input has the same shape sharing one forward pass (what a GPU is fast at). ``predict`` is a
+batch of one, so both give the same maps (up to the float rounding of batched convolutions).
+
 Example::
 
     backend = load_backend("rvm")
-    alpha = backend.predict(rgb)      # HxW float32 in [0, 1]
+    alpha = backend.predict(rgb)                    # HxW float32 in [0, 1]
+    alphas = backend.predict_batch([rgb1, rgb2])    # one map per photo, in order
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -59,11 +64,21 @@ RVM_STATES = ("r1", "r2", "r3", "r4")
 
 
 class MatteBackend(Protocol):
+    """RGB photos in, HxW float32 maps in [0, 1] at each photo's size out.
+
+    ``predict_batch(images)`` returns what ``[predict(i) for i in images]`` would, in the same
+    order, running photos whose model inputs share a shape as one batch. Every built-in backend
+    has it; a plugin (entry point) may have only ``predict``, so callers fall back to one
+    ``predict`` per photo where it is missing (`matteforge.tasks.segment.backend_batch`).
+    """
+
     model_id: str
     weights_sha256: str
     license: str
 
     def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
 # --- pre/post-processing (pure) ---------------------------------------------------------------
@@ -110,8 +125,20 @@ def to_full_size(prob: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(prob, 0.0, 1.0).astype(np.float32)
 
 
-def _unit_float(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+def _unit_float(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Equal-shape HxWx3 uint8 images -> one NHWC float32 batch in [0, 1]."""
+    return torch.from_numpy(np.stack(images).astype(np.float32) / 255.0)
+
+
+def group_indices(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Positions of equal keys, groups in first-seen order: each group is one forward pass.
+
+    The key is what the model's input tensor shape depends on, so a group stacks into a batch.
+    """
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 # --- backends ---------------------------------------------------------------------------------
@@ -163,34 +190,62 @@ class RvmBackend(_Provenance):
         self.refine_side = refine_side
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        image = as_rgb(image)
-        maps = [self._predict_at(image, size) for size in self.sizes]
-        mean = maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
-        return to_full_size(mean, *image.shape[:2])
+        return self.predict_batch([image])[0]
 
-    def _predict_at(self, image: np.ndarray, size: int) -> np.ndarray:
-        x, ratio = self._input(image, size)
-        feeds: dict[str, torch.Tensor] = {"src": x, "downsample_ratio": ratio}
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for each photo; per encoder size, photos with the same refiner-size input
+        and ratio run as one batch (the recurrent state is per photo: batch N is N videos)."""
+        rgbs = [as_rgb(image) for image in images]
+        per_size = [self._maps_at(rgbs, size) for size in self.sizes]
+        mattes = []
+        for k, rgb in enumerate(rgbs):
+            maps = [by_size[k] for by_size in per_size]
+            mean = maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
+            mattes.append(to_full_size(mean, *rgb.shape[:2]))
+        return mattes
+
+    def _maps_at(self, rgbs: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+        """Each photo's full-size matte with the encoder at `size`, one forward per group."""
+        plans = [self._input_plan(rgb.shape[:2], size) for rgb in rgbs]
+        maps: list[np.ndarray] = [np.empty(0, np.float32)] * len(rgbs)
+        for members in group_indices(plans):
+            x = torch.cat([self._input(rgbs[i], size)[0] for i in members])
+            pha = self._forward(x, plans[members[0]][2])
+            for i, matte in zip(members, pha, strict=True):
+                maps[i] = to_full_size(matte, *rgbs[i].shape[:2])
+        return maps
+
+    def _forward(self, x: torch.Tensor, ratio: float) -> np.ndarray:
+        """NHWC batch -> N mattes (NxHxW) after `passes` frames of the static video.
+
+        The recurrent inputs start as zero scalars (broadcast over the batch) and come back
+        as per-photo NHWC states, so every photo keeps its own state."""
+        feeds: dict[str, torch.Tensor] = {
+            "src": x,
+            "downsample_ratio": torch.tensor(ratio, dtype=torch.float32, device=self.device),
+        }
         feeds.update({f"{r}i": torch.zeros((), device=self.device) for r in RVM_STATES})
         with torch.inference_mode():
             for _ in range(self.passes - 1):  # only the recurrent outputs: no refiner work
                 out = self.net(feeds, [f"{r}o" for r in RVM_STATES])
                 feeds.update({f"{r}i": out[f"{r}o"] for r in RVM_STATES})
-            pha = self.net(feeds, ["pha"])["pha"][0, :, :, 0].cpu().numpy()
-        return to_full_size(pha, *image.shape[:2])
+            return self.net(feeds, ["pha"])["pha"][..., 0].cpu().numpy()
+
+    def _input_plan(self, shape: tuple[int, ...], size: int) -> tuple[int, int, float]:
+        """(h, w) of the photo at the refiner's size, and the ratio that brings it to `size`:
+        everything the model's input depends on, hence the batching key."""
+        long_side = max(shape[:2])
+        if long_side <= size:  # small photo: the encoder sees it enlarged, nothing to refine
+            return (*long_side_size(shape[0], shape[1], size), 1.0)
+        h, w = long_side_size(shape[0], shape[1], min(long_side, self.refine_side))
+        return h, w, size / max(h, w)
 
     def _input(self, image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The photo at the refiner's size, and the ratio that brings it to `size`."""
-        long_side = max(image.shape[:2])
-        if long_side <= size:  # small photo: the encoder sees it enlarged, nothing to refine
-            h, w = long_side_size(*image.shape[:2], size)
-            ratio = 1.0
-        else:
-            h, w = long_side_size(*image.shape[:2], min(long_side, self.refine_side))
-            ratio = size / max(h, w)
+        """The photo at the refiner's size (a batch of one), and the ratio to `size`."""
+        h, w, ratio = self._input_plan(image.shape, size)
         if (h, w) != image.shape[:2]:
             image = resize(image, w, h)
-        x = _unit_float(image).to(self.device)
+        x = _unit_float([image]).to(self.device)
         return x, torch.tensor(ratio, dtype=torch.float32, device=self.device)
 
 
@@ -202,12 +257,19 @@ class MeetBackend(_Provenance):
         self.net = net.to(self.device)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        image = as_rgb(image)
-        x = _unit_float(resize(image, *MEET_SIZE)).to(self.device)
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for each photo; the input size is fixed, so all run as one batch (the
+        graph was exported at batch 1: see `tfjs_torch` for how its reshapes take N)."""
+        rgbs = [as_rgb(image) for image in images]
+        if not rgbs:
+            return []
+        x = _unit_float([resize(rgb, *MEET_SIZE) for rgb in rgbs]).to(self.device)
         with torch.inference_mode():
-            logits = self.net({"input_1": x}, ["segment"])["segment"][0]
-            person = torch.softmax(logits, dim=-1)[:, :, 1].cpu().numpy()
-        return to_full_size(person, *image.shape[:2])
+            logits = self.net({"input_1": x}, ["segment"])["segment"]
+            person = torch.softmax(logits, dim=-1)[..., 1].cpu().numpy()
+        return [to_full_size(p, *rgb.shape[:2]) for p, rgb in zip(person, rgbs, strict=True)]
 
 
 class SelfieBackend(_Provenance):
@@ -218,12 +280,22 @@ class SelfieBackend(_Provenance):
         self.net = net.to(self.device)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        image = as_rgb(image)
-        canvas, (top, left, h, w) = letterbox(image, SELFIE_SIZE)
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for each photo; every canvas is 256×256, so all run as one batch, and
+        each map is cut out of its canvas by its own letterbox box."""
+        rgbs = [as_rgb(image) for image in images]
+        if not rgbs:
+            return []
+        boxed = [letterbox(rgb, SELFIE_SIZE) for rgb in rgbs]
         with torch.inference_mode():
-            (out,) = self.net(_unit_float(canvas).to(self.device))
-        small = out[0, top : top + h, left : left + w, 0].cpu().numpy()
-        return to_full_size(small, *image.shape[:2])
+            (out,) = self.net(_unit_float([canvas for canvas, _ in boxed]).to(self.device))
+        probs = out[..., 0].cpu().numpy()
+        return [
+            to_full_size(prob[top : top + h, left : left + w], *rgb.shape[:2])
+            for prob, rgb, (_, (top, left, h, w)) in zip(probs, rgbs, boxed, strict=True)
+        ]
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from matteforge.models.backends import as_rgb, resize, to_full_size
+from matteforge.models.backends import as_rgb, group_indices, resize, to_full_size
 from matteforge.models.registry import MODNET_WEIGHTS
 from matteforge.models.weights import resolve_weights, sha256_file
 
@@ -123,11 +123,10 @@ class ModnetBackend:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """`predict` for each image; images with the same model input size share one run."""
         rgbs = [as_rgb(image) for image in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, rgb in enumerate(rgbs):
-            groups.setdefault(input_size(*rgb.shape[:2], self.size), []).append(i)
+        sizes = [input_size(*rgb.shape[:2], self.size) for rgb in rgbs]
         mattes: list[np.ndarray] = [np.empty(0, np.float32)] * len(rgbs)
-        for (height, width), members in groups.items():
+        for members in group_indices(sizes):
+            height, width = sizes[members[0]]
             x = np.stack([model_input(rgbs[i], height, width) for i in members])
             (out,) = self.session.run([OUTPUT], {INPUT: x})
             for i, matte in zip(members, out, strict=True):

@@ -10,11 +10,17 @@ exported once with ``torch.export.save(torch.export.export(model.eval(), (torch.
 0.224, 0.225]}``.
 
 TorchScript archives carry code that torch runs on load: load only models you trust.
+
+Every photo is fed at the same `input_size`, so `predict_batch` runs a whole batch as one N-batch
+input. Models whose batch is fixed at 1 (an ONNX export with a static batch, a ``torch.export``
+traced at batch 1) refuse N > 1: the backend then runs that model one photo at a time from then
+on, which gives the same maps.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +30,8 @@ import torch
 from matteforge.models.backends import as_rgb, letterbox, resize, to_full_size
 from matteforge.models.identity import read_model_bytes, user_model_weights
 from matteforge.models.weights import WeightsError
+
+log = logging.getLogger(__name__)
 
 
 class UserModelSettings(Protocol):
@@ -47,7 +55,8 @@ Runner = Callable[[np.ndarray], Any]  # NCHW/NHWC float32 batch -> the model's r
 
 
 def prepare_input(image: np.ndarray, s: UserModelSettings) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Resize and normalize to a batch of one; returns it and the crop (top, left, h, w)."""
+    """Resize and normalize one photo (CHW or HWC, no batch axis: the caller stacks a batch);
+    returns it and the crop (top, left, h, w) of the photo in the input."""
     height, width = s.input_size
     if s.resize == "letterbox":
         if height != width:
@@ -56,7 +65,7 @@ def prepare_input(image: np.ndarray, s: UserModelSettings) -> tuple[np.ndarray, 
     else:
         canvas, crop = resize(image, width, height), (0, 0, height, width)
     x = (canvas.astype(np.float32) / 255.0 - np.float32(s.mean)) / np.float32(s.std)
-    x = x[None] if s.layout == "nhwc" else x.transpose(2, 0, 1)[None]
+    x = x if s.layout == "nhwc" else x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.float32), crop
 
 
@@ -85,14 +94,24 @@ def select_output(outputs: Any, key: str | int, names: Sequence[str] = ()) -> An
 
 
 def read_person_map(output: np.ndarray, s: UserModelSettings) -> np.ndarray:
-    """A model output (batch first) -> HxW person map in [0, 1], per `s.output`."""
-    out = np.asarray(output, dtype=np.float32)[0]
+    """A model output (batch first) -> the first photo's HxW person map in [0, 1]."""
+    return read_person_maps(output, s)[0]
+
+
+def read_person_maps(output: np.ndarray, s: UserModelSettings) -> list[np.ndarray]:
+    """A model output (batch first) -> one HxW person map in [0, 1] per photo, per `s.output`."""
+    batch = np.asarray(output, dtype=np.float32)
+    if batch.ndim not in (3, 4):
+        raise ValueError(f"expected a (N, C, H, W) or (N, H, W) output, got {batch.shape}")
+    return [_person_map(out, s) for out in batch]
+
+
+def _person_map(out: np.ndarray, s: UserModelSettings) -> np.ndarray:
+    """One photo's output (CxHxW, HxWxC for nhwc, or HxW) -> its HxW person map."""
     if out.ndim == 2:
         out = out[None]
     elif s.layout == "nhwc":
         out = out.transpose(2, 0, 1)
-    if out.ndim != 3:
-        raise ValueError(f"expected a (1, C, H, W) or (1, H, W) output, got {output.shape}")
     if s.output == "argmax":
         return (out.argmax(axis=0) == s.channel).astype(np.float32)
     if s.channel >= out.shape[0]:
@@ -162,14 +181,48 @@ class UserModelBackend:
         self.model_id, self.weights_sha256 = weights.model_id, weights.weights_sha256
         self.license = weights.license
         self._run = _RUNNERS[settings.format](data, settings, device)
+        self.batches = True  # False once the model refused a batch of N > 1
 
     @property
     def models(self) -> dict[str, str]:
         return {self.model_id: self.weights_sha256}
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        image = as_rgb(image)
-        x, crop = prepare_input(image, self.settings)
-        prob = read_person_map(self._run(x), self.settings)
-        top, left, h, w = scale_crop(crop, self.settings.input_size, prob.shape)
-        return to_full_size(prob[top : top + h, left : left + w], *image.shape[:2])
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for each photo: all share `input_size`, so they run as one N-batch (one
+        photo at a time for a model whose batch is fixed at 1)."""
+        rgbs = [as_rgb(image) for image in images]
+        if not rgbs:
+            return []
+        inputs = [prepare_input(rgb, self.settings) for rgb in rgbs]
+        probs = self._person_maps(np.stack([x for x, _ in inputs]))
+        mattes = []
+        for rgb, (_, crop), prob in zip(rgbs, inputs, probs, strict=True):
+            top, left, h, w = scale_crop(crop, self.settings.input_size, prob.shape)
+            mattes.append(to_full_size(prob[top : top + h, left : left + w], *rgb.shape[:2]))
+        return mattes
+
+    def _person_maps(self, x: np.ndarray) -> list[np.ndarray]:
+        """The maps of a stacked batch. A model that refuses N > 1 (or answers with another
+        batch size) but takes one photo runs one photo at a time, now and from then on; an
+        error it also gives on one photo is the model's own, and is raised."""
+        if len(x) > 1 and self.batches:
+            try:
+                maps = read_person_maps(self._run(x), self.settings)
+            except Exception as exc:  # onnxruntime, torch.export guards: no common type
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            else:
+                if len(maps) == len(x):
+                    return maps
+                reason = f"a batch of {len(x)} gave {len(maps)} maps"
+            first = self._one(x[:1])  # raises where the model fails on one photo too
+            self.batches = False
+            log.warning("%s does not take batches (%s); running it one photo at a time",
+                        self.model_id, reason)
+            return [first, *(self._one(x[i : i + 1]) for i in range(1, len(x)))]
+        return [self._one(x[i : i + 1]) for i in range(len(x))]
+
+    def _one(self, x: np.ndarray) -> np.ndarray:
+        return read_person_maps(self._run(x), self.settings)[0]

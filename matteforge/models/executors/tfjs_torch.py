@@ -9,6 +9,11 @@ dead tensor (data or control edge) is skipped, and ``Merge`` forwards its one li
 
 Tensors keep TensorFlow's layout (NHWC); see `tfjs_ops` for how the ops map onto torch.
 
+A graph exported at batch 1 runs at batch N (the batch is the leading axis of the rank-4 inputs):
+convolutions, pools and element-wise ops carry the batch axis as is, and a Reshape to a stored
+target with the batch baked in as a leading 1 (Meet's dense layers: [1, 16]) takes N there
+(`tflite_torch.batched_shape`), so each photo of the batch gets what a batch of one would.
+
 Example::
 
     net = load_tfjs("rvm.json")                    # rvm.bin next to it
@@ -30,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from matteforge.models.executors.tfjs_ops import DTYPES, FILTER_LAYOUTS, OPS, Attrs
+from matteforge.models.executors.tflite_torch import batched_shape
 
 _NUMPY = {
     "float32": np.float32,
@@ -339,11 +345,13 @@ class TfjsGraphModule(nn.Module):
         wanted = list(outputs) if outputs is not None else list(self.signature.outputs)
         refs = [self._resolve_output(o) for o in wanted]
         feeds = {self._resolve_input(k): v for k, v in inputs.items()}
+        batch = max((int(v.shape[0]) for v in feeds.values() if getattr(v, "ndim", 0) == 4),
+                    default=1)
         env: dict[str, tuple[Tensor | None, ...]] = {}
         dead: set[str] = set()
         for step in self._plan(tuple(sorted({n for n, _ in refs}))):
             node = step.node
-            env[node.name] = self._run(node, env, dead, feeds)
+            env[node.name] = self._run(node, env, dead, feeds, batch)
             if node.name in dead:
                 env[node.name] = ()
             for src in step.free:
@@ -363,6 +371,7 @@ class TfjsGraphModule(nn.Module):
         env: dict[str, tuple[Tensor | None, ...]],
         dead: set[str],
         feeds: Mapping[str, Tensor],
+        batch: int = 1,
     ) -> tuple[Tensor | None, ...]:
         args = [env[s][i] if i < len(env[s]) else None for s, i in node.inputs]
         if node.op == "Merge":
@@ -392,6 +401,11 @@ class TfjsGraphModule(nn.Module):
             data, pred = args
             assert data is not None and pred is not None
             return (None, data) if bool(pred) else (data, None)
+        if node.op == "Reshape" and batch > 1:
+            x, target = args[0], args[1]
+            assert x is not None and target is not None
+            shape = batched_shape(target.reshape(-1).tolist(), x, batch)
+            args = [x, torch.tensor(shape, dtype=target.dtype)]
         result = OPS[node.op](args, node.attrs)  # type: ignore[arg-type]
         return result if isinstance(result, tuple) else (result,)
 

@@ -4,15 +4,21 @@ Rank-4 activations live in NCHW inside the module (torch's fast path); inputs an
 TFLite's layout (NHWC) so the module is a drop-in for a TFLite interpreter. Constant weights are
 converted to torch layouts and fp16 constants are dequantized once, at load time.
 
+Converted models are usually exported at batch 1, yet most run unchanged at batch N: the batch
+axis rides along through convolutions, pools and element-wise ops. The exception is RESHAPE,
+whose stored target bakes the batch in ([1, -1, 16] in BlazeFace), which at batch N would
+silently fold the batch into the next axis; `batched_shape` gives it the batch back.
+
 Example::
 
     net = load_tflite("selfie_segmentation.tflite")
     (mask,) = net(torch.zeros(1, 256, 256, 3))   # NHWC in, NHWC out
+    (masks,) = net(torch.zeros(4, 256, 256, 3))  # a batch: what 4 runs of one would give
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,9 +154,23 @@ def _pad(inp: list[Tensor], o: Opts) -> Tensor:
     return F.pad(x, flat)
 
 
+def batched_shape(shape: Sequence[int], x: Tensor, batch: int) -> list[int]:
+    """A reshape target stored by a batch-1 export, for a run at batch `batch`.
+
+    The converter wrote the batch as a leading 1; when the graph runs at batch N > 1 and the
+    tensor being reshaped leads with N, that 1 is the batch, so it becomes N (a tensor of N
+    photos reshaped per photo). At batch 1 the stored target is kept as is.
+    """
+    target = [int(v) for v in shape]
+    if batch > 1 and len(target) >= 2 and target[0] == 1 and x.dim() >= 1 and x.shape[0] == batch:
+        target[0] = batch
+    return target
+
+
 def _reshape(inp: list[Tensor], o: Opts) -> Tensor:
     shape = o["shape"] if o["shape"] is not None else [int(v) for v in inp[1].tolist()]
-    return _to_nchw(_to_nhwc(inp[0]).reshape(shape))
+    x = _to_nhwc(inp[0])
+    return _to_nchw(x.reshape(batched_shape(shape, x, o.get("batch", 1))))
 
 
 def _concat(inp: list[Tensor], o: Opts) -> Tensor:
@@ -345,11 +365,14 @@ class TFLiteModule(nn.Module):
         return tuple(keys)
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """NHWC inputs (any batch N: each photo gives what a batch of one would) -> outputs."""
         env: dict[str, Tensor] = dict(self.named_buffers())
         for idx, x in zip(self.input_ids, inputs, strict=True):
             env[f"t{idx}"] = _to_nchw(x)
+        batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() == 4 else 1
         for node in self.nodes:
-            env[f"t{node.output}"] = node.run([env[k] for k in node.inputs], node.opts)
+            opts = {**node.opts, "batch": batch} if node.op == "RESHAPE" else node.opts
+            env[f"t{node.output}"] = node.run([env[k] for k in node.inputs], opts)
         return tuple(_to_nhwc(env[f"t{i}"]).contiguous() for i in self.output_ids)
 
 
