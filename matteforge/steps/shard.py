@@ -8,7 +8,6 @@ any failure into a row, and writes the files and then the shard's manifest (the 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from matteforge.dataset.storage import (
 from matteforge.dataset.unreadable import read_failure
 from matteforge.steps.duplicates import duplicate_row
 from matteforge.steps.jobs import BackgroundRef, GroupRef, ShardJob, ShardSummary
+from matteforge.steps.worker_env import configure_threads, restore_heap_reuse
 from matteforge.tasks import composite as comp
 from matteforge.tasks import trimap
 from matteforge.tasks.effects import sample_effects
@@ -442,31 +442,13 @@ def make_composites(
     return rows
 
 
-def _configure_threads(n: int) -> None:
-    """One torch/BLAS/numba thread per Dask worker thread: oversubscribing 2 cores costs 2-3x.
-
-    numba (pymatting's foreground) otherwise starts one thread per core in every worker: on
-    2 cores with 2 workers, a 1 MP foreground took 0.25-0.56 s against 0.20 s on one thread.
-    Its thread count is per calling thread, so it is set here, in the thread that runs the shard.
-    """
-    import torch
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    try:
-        import numba
-    except ImportError:  # pymatting without numba's parallel layer: nothing to limit
-        return
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
 def run_shard(job: ShardJob,
               on_sample: Callable[[dict[str, Any]], None] | None = None) -> ShardSummary:
     """Process every input of one shard, then commit its manifest files (composites first)."""
     start = time.perf_counter()
     cfg = BuildConfig.model_validate(job.cfg_data)
-    _configure_threads(cfg.run.torch_threads)
+    configure_threads(cfg.run.torch_threads)
+    restore_heap_reuse()
     opts = unseal_storage(job.storage)
     src, bgs, out = (locate(uri, opts.get(name), cfg.run.io_retry()) for name, uri in
                      (("input", job.input_uri), ("backgrounds", job.backgrounds_uri),
