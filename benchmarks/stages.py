@@ -34,7 +34,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from matteforge.config import BuildConfig, load_config
@@ -43,6 +42,7 @@ from matteforge.dataset.manifest import STAGES
 from matteforge.dataset.materialize import CompositeRecipe
 from matteforge.dataset.storage import locate
 from matteforge.steps.shard import BackgroundCache, BackgroundRef, make_composites, process_sample
+from matteforge.steps.worker_env import configure_threads
 from matteforge.tasks import composite as comp
 from matteforge.tasks.ingest import content_hash, decode_image
 from matteforge.tasks.recipe import StageClock, make_sample
@@ -285,7 +285,7 @@ def main() -> None:
     parser.add_argument("--floor-sample", type=int, default=8,
                         help="--config: composites per portrait the floor is measured on")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    configure_threads(1)  # torch, BLAS and numba on one thread, as each worker runs them
     if args.config:
         run_config(args.config, args.megapixels, args.pool, args.floor_sample)
         return

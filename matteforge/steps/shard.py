@@ -36,7 +36,7 @@ from matteforge.dataset.storage import (
 from matteforge.dataset.unreadable import read_failure
 from matteforge.steps.duplicates import duplicate_row
 from matteforge.steps.jobs import BackgroundRef, GroupRef, ShardJob, ShardSummary
-from matteforge.steps.worker_env import configure_threads, restore_heap_reuse
+from matteforge.steps.worker_env import configure_threads, heap_reuse
 from matteforge.tasks import composite as comp
 from matteforge.tasks import trimap
 from matteforge.tasks.effects import sample_effects
@@ -283,7 +283,8 @@ def segment_batch(outcomes: list[SampleOutcome], seg: Segmenter
         return [None] * len(outcomes)
     start = time.perf_counter()
     try:
-        results: list[SegmentResult | None] = list(predict_batch(seg, images))
+        with heap_reuse(max(i.shape[0] * i.shape[1] for i in images)):
+            results: list[SegmentResult | None] = list(predict_batch(seg, images))
     except Exception:
         return [None] * len(outcomes)
     share = (time.perf_counter() - start) / len(outcomes)
@@ -372,7 +373,7 @@ def _run_stages(
     raises costs this sample a ``failed`` result, never the shard."""
     done = StageResult()
     try:
-        with timer("segment"):
+        with timer("segment"), heap_reuse(image.shape[0] * image.shape[1]):
             result = seg.predict(image) if segmented is None else segmented
         done.presence = result.presence
         threshold = cfg.segment.presence_threshold
@@ -448,7 +449,6 @@ def run_shard(job: ShardJob,
     start = time.perf_counter()
     cfg = BuildConfig.model_validate(job.cfg_data)
     configure_threads(cfg.run.torch_threads)
-    restore_heap_reuse()
     opts = unseal_storage(job.storage)
     src, bgs, out = (locate(uri, opts.get(name), cfg.run.io_retry()) for name, uri in
                      (("input", job.input_uri), ("backgrounds", job.backgrounds_uri),
