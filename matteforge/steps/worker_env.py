@@ -13,11 +13,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# glibc's mallopt parameters, and what they are while the models run: allocations below 4 MiB
+# glibc's mallopt parameters, and what they are while the models run: allocations below 32 MiB
 # come from the heap and are reused (trim = 2 x mmap, glibc's own rule). Measured on the default
-# models, 384 px portraits: 2, 4, 8 and 32 MiB ran at full speed (1.8-1.9 s), 1 MiB at 3.5 s.
+# models, 384 px portraits in a Dask worker: 5.0 s at Dask's settings, 3.0 s with 4 MiB, 1.9 s
+# with 32 MiB (the heap is trimmed after each portrait, so a low threshold pays the faults again).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 4 * 2**20
+MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 GLIBC_MMAP_THRESHOLD = 128 * 2**10  # glibc's default, fixed once a threshold is set by env
 # Portraits above this many pixels keep the worker's settings: at 12 MP heap reuse took the
@@ -65,7 +66,7 @@ def heap_reuse(pixels: int = 0) -> Iterator[bool]:
     so every tensor above that (most of a model's activations) is mmap'd, page-faulted in and
     unmapped again, op after op: the default models took 4.3 s per 384 px portrait instead of
     1.9 s, in a Dask worker and in a plain process given that variable alike. Inside the block
-    allocations below 4 MiB come from the heap (1.8 s) for portraits up to
+    allocations below 32 MiB come from the heap (1.9 s) for portraits up to
     ``HEAP_REUSE_MAX_PIXELS``. After it the worker's own settings come back and the freed heap
     is handed back (``malloc_trim``): kept for the whole shard, the heap the later stages freed
     stayed resident and a 12 MP worker peaked at 2.00-2.28 GiB against 1.95. Without those
