@@ -12,7 +12,7 @@ import pytest
 # process started the way a Dask nanny starts its workers (MALLOC_TRIM_THRESHOLD_=65536): before,
 # inside and after the block the models run in.
 FAULTS = """
-import resource
+import resource, sys
 import numpy as np
 from matteforge.steps.worker_env import heap_reuse
 
@@ -24,14 +24,15 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 plain = faults()
-with heap_reuse() as on:
+with heap_reuse(enabled=sys.argv[1] == "on") as on:
     inside = faults()
 print(on, plain, inside, faults())
 """
 
 
-def _faults(env: dict[str, str]) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True,
+def _faults(env: dict[str, str], enabled: bool = True) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", FAULTS, "on" if enabled else "off"],
+                          capture_output=True, text=True,
                           timeout=120, env={"PATH": "/usr/bin:/bin", **env})
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
@@ -52,7 +53,7 @@ def test_the_models_reuse_heap_memory_in_a_worker_a_nanny_started():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_without_the_nannys_setting_glibc_is_left_to_adapt():
-    on, plain, inside, after = _faults({})
+    on, _, _, after = _faults({})
     assert on == "False"
     assert int(after) < 200 * 64  # glibc's dynamic threshold already reuses the heap
 
@@ -64,3 +65,11 @@ def test_big_portraits_keep_the_workers_settings():
 
     with heap_reuse(HEAP_REUSE_MAX_PIXELS + 1) as on:
         assert not on
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_run_heap_reuse_false_keeps_the_workers_memory_settings():
+    """For clusters where memory is tighter than time (run.heap_reuse: false)."""
+    on, _, inside, _ = _faults({"MALLOC_TRIM_THRESHOLD_": "65536"}, enabled=False)
+    assert on == "False"
+    assert int(inside) > 200 * 64

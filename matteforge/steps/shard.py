@@ -270,7 +270,7 @@ def finish_sample(outcome: SampleOutcome, cfg: BuildConfig, seg: Segmenter,
                                  seg, backgrounds, out, timer, segmented)
 
 
-def segment_batch(outcomes: list[SampleOutcome], seg: Segmenter
+def segment_batch(outcomes: list[SampleOutcome], seg: Segmenter, reuse: bool = True
                   ) -> list[SegmentResult | None]:
     """The models on several ingested portraits at once (one forward per model and input
     size: what a GPU is fast at), each charged an equal share of the time.
@@ -283,7 +283,7 @@ def segment_batch(outcomes: list[SampleOutcome], seg: Segmenter
         return [None] * len(outcomes)
     start = time.perf_counter()
     try:
-        with heap_reuse(max(i.shape[0] * i.shape[1] for i in images)):
+        with heap_reuse(max(i.shape[0] * i.shape[1] for i in images), reuse):
             results: list[SegmentResult | None] = list(predict_batch(seg, images))
     except Exception:
         return [None] * len(outcomes)
@@ -315,7 +315,8 @@ def process_samples(
 
     def flush() -> Iterator[tuple[SampleOutcome, dict[str, Any]]]:
         todo = [o for o in waiting if o.needs_stages]
-        for outcome, result in zip(todo, segment_batch(todo, seg), strict=True):
+        for outcome, result in zip(todo, segment_batch(todo, seg, cfg.run.heap_reuse),
+                                   strict=True):
             finish_sample(outcome, cfg, seg, backgrounds, out, result)
         for outcome in waiting:
             row = outcome.row(cfg, seg)
@@ -373,7 +374,8 @@ def _run_stages(
     raises costs this sample a ``failed`` result, never the shard."""
     done = StageResult()
     try:
-        with timer("segment"), heap_reuse(image.shape[0] * image.shape[1]):
+        with timer("segment"), heap_reuse(image.shape[0] * image.shape[1],
+                                          cfg.run.heap_reuse):
             result = seg.predict(image) if segmented is None else segmented
         done.presence = result.presence
         threshold = cfg.segment.presence_threshold

@@ -57,9 +57,10 @@ def _libc() -> ctypes.CDLL | None:
 
 
 @contextmanager
-def heap_reuse(pixels: int = 0) -> Iterator[bool]:
+def heap_reuse(pixels: int = 0, enabled: bool = True) -> Iterator[bool]:
     """Let glibc reuse heap memory for the models' activations while the block runs on
-    portraits of at most ``pixels`` pixels each (yields whether it did).
+    portraits of at most ``pixels`` pixels each, unless not ``enabled`` (``run.heap_reuse``);
+    yields whether it did.
 
     A Dask nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand memory back
     to the system). Setting it by environment also freezes glibc's mmap threshold at 128 KiB,
@@ -69,11 +70,14 @@ def heap_reuse(pixels: int = 0) -> Iterator[bool]:
     allocations below 32 MiB come from the heap (1.9 s) for portraits up to
     ``HEAP_REUSE_MAX_PIXELS``. After it the worker's own settings come back and the freed heap
     is handed back (``malloc_trim``): kept for the whole shard, the heap the later stages freed
-    stayed resident and a 12 MP worker peaked at 2.00-2.28 GiB against 1.95. Without those
-    variables glibc adapts by itself and nothing is changed.
+    stayed resident and a 12 MP worker peaked at 2.00-2.28 GiB against 1.95. Even so, a worker
+    whose models ran this way on small portraits peaked at 2.06-2.17 GiB on 12 MP ones later
+    (three runs): the price of the speed, which ``run.heap_reuse: false`` declines. Without
+    those variables glibc adapts by itself and nothing is changed.
     """
     trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    libc = _libc() if trim is not None and pixels <= HEAP_REUSE_MAX_PIXELS else None
+    wanted = enabled and trim is not None and pixels <= HEAP_REUSE_MAX_PIXELS
+    libc = _libc() if wanted else None
     if libc is None or trim is None or not trim.isdigit():
         yield False
         return
