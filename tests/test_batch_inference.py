@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from onnx_models import save_onnx
 from skimage import data
 from torch import nn
 
@@ -200,24 +201,15 @@ def test_torch_export_at_batch_one_falls_back_to_one_photo_at_a_time(
 
 def _onnx_red(path: Path, batch: int | str) -> Path:
     """A 1x1 conv on the red channel then a sigmoid, its batch axis fixed or named."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    pytest.importorskip("onnx")
+    from onnx import helper
 
     weight = np.array([8.0, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1)
     bias = np.array([-4.0], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["logit"]),
-         helper.make_node("Sigmoid", ["logit"], ["prob"])],
-        "red",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 1, 16, 16])],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return save_onnx(path, [helper.make_node("Conv", ["x", "w", "b"], ["logit"]),
+                            helper.make_node("Sigmoid", ["logit"], ["prob"])],
+                     [("x", [batch, 3, 16, 16])], [("prob", [batch, 1, 16, 16])],
+                     {"w": weight, "b": bias})
 
 
 @pytest.mark.parametrize(("batch", "batches"), [("N", True), (1, False)])

@@ -91,12 +91,17 @@ def test_a_shard_runs_numba_on_the_workers_thread_budget(tmp_path, astronaut, co
                                           numba.config.NUMBA_NUM_THREADS)
 
 
+def _selfie_only() -> BuildConfig:
+    """The smallest model and no composites: for tests of how portraits reach the models."""
+    return load_config("demo", **{"segment.model": "mediapipe-selfie",
+                                  "composite.per_foreground_train": 0,
+                                  "composite.per_foreground_test": 0})
+
+
 def test_a_batch_is_closed_by_its_pixel_budget(tmp_path, astronaut, coffee):
     """Big photos do not pile up: with room for one portrait, each goes alone."""
     uris = _inputs(tmp_path / "in", astronaut, coffee)[:3]
-    cfg = load_config("demo", **{"segment.model": "mediapipe-selfie",
-                                 "composite.per_foreground_train": 0,
-                                 "composite.per_foreground_test": 0})
+    cfg = _selfie_only()
     seg = segmenter_for(cfg.segment)
     sizes: list[int] = []
     original = seg.predict_batch
@@ -134,9 +139,7 @@ def test_the_batch_size_follows_the_device_and_is_not_part_of_the_dataset():
 
 def test_a_batch_the_models_fail_on_is_run_one_portrait_at_a_time(tmp_path, astronaut, coffee):
     uris = _inputs(tmp_path / "in", astronaut, coffee)[:3]
-    cfg = load_config("demo", **{"segment.model": "mediapipe-selfie",
-                                 "composite.per_foreground_train": 0,
-                                 "composite.per_foreground_test": 0})
+    cfg = _selfie_only()
     seg = segmenter_for(cfg.segment)
 
     original = seg.predict_batch

@@ -13,6 +13,7 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+from onnx_models import save_onnx
 from torch import nn
 
 from matteforge.config import UserModelConfig, load_config
@@ -117,8 +118,8 @@ def test_sha256_pin_refuses_other_bytes(tmp_path: Path) -> None:
 
 def _onnx_red_model(path: Path, layout: str) -> Path:
     """1x1 conv on the red channel (+ bias) then Softmax over two channels: person = channel 1."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    pytest.importorskip("onnx")
+    from onnx import helper
 
     weight = np.zeros((2, 3, 1, 1), np.float32)
     weight[1, 0] = 8.0  # channel 1 logit = 8 R - 4, channel 0 logit = 0
@@ -136,20 +137,10 @@ def _onnx_red_model(path: Path, layout: str) -> Path:
     if layout == "nhwc":
         nodes.append(helper.make_node("Transpose", ["prob_nchw"], ["prob"], perm=[0, 2, 3, 1]))
         out = "prob"
-    shape_in = [1, 16, 16, 3] if layout == "nhwc" else [1, 3, 16, 16]
-    shape_out = [1, 16, 16, 2] if layout == "nhwc" else [1, 2, 16, 16]
-    graph = helper.make_graph(
-        nodes,
-        "red",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, shape_out)],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return path
+    shape_in: list[int | str] = [1, 16, 16, 3] if layout == "nhwc" else [1, 3, 16, 16]
+    shape_out: list[int | str] = [1, 16, 16, 2] if layout == "nhwc" else [1, 2, 16, 16]
+    return save_onnx(path, nodes, [("x", shape_in)], [(out, shape_out)],
+                     {"w": weight, "b": bias})
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
