@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from matteforge.models.identity import ModelIdentity, Weights, gate_index
 from matteforge.models.registry import FACE_WEIGHTS
 from matteforge.models.weights import resolve_weights, sha256_file
 
+T_co = TypeVar("T_co", covariant=True)
 DEFAULT_MODEL = "rvm"  # lowest mask error measured (docs/segment.md); configs/permissive.yaml
 # PRESENCE_CALIBRATED (models/identity.py): backends whose own mask the presence rules below were
 # calibrated on; any other backend (meet hallucinates people on coffee and wallpapers) gets its
@@ -228,10 +229,10 @@ class GatedSegmenter:
         images = [as_rgb(image) for image in images]
         if not images:
             return []
-        arrays = [backend_batch(b, images) for b in self.backends]
+        arrays = [predict_batch(b, images) for b in self.backends]
         ids = [b.model_id for b in self.backends]
         gates = (arrays[self.gate_index] if self.presence_backend is None
-                 else backend_batch(self.presence_backend, images))
+                 else predict_batch(self.presence_backend, images))
         evidences, crops, owner = [], [], []
         for k, image in enumerate(images):
             small = evidence_map(gates[k])
@@ -254,18 +255,16 @@ class GatedSegmenter:
         return results
 
 
-def backend_batch(backend: MatteBackend, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """A backend's maps of several images: batched where it can (``predict_batch``; a plugin
-    may have only ``predict``)."""
-    batch = getattr(backend, "predict_batch", None)
-    return list(batch(images)) if batch is not None else [backend.predict(i) for i in images]
+class _Predicts(Protocol[T_co]):
+    def predict(self, image: np.ndarray) -> T_co: ...
 
 
-def predict_batch(seg: Segmenter, images: Sequence[np.ndarray]) -> list[SegmentResult]:
-    """A segmenter's results for several portraits (one by one where it has no batch form,
-    e.g. a stored mask when reprocessing)."""
-    batch = getattr(seg, "predict_batch", None)
-    return list(batch(images)) if batch is not None else [seg.predict(i) for i in images]
+def predict_batch(model: _Predicts[T_co], images: Sequence[np.ndarray]) -> list[T_co]:
+    """A backend's maps or a segmenter's results for several images: batched where it can
+    (``predict_batch``), one ``predict`` each where it cannot (a plugin backend, a stored mask
+    when reprocessing)."""
+    batch = getattr(model, "predict_batch", None)
+    return list(batch(images)) if batch is not None else [model.predict(i) for i in images]
 
 
 # Portraits per model batch on a GPU when segment.batch_size is not set; on the CPU a batch

@@ -69,7 +69,7 @@ class MatteBackend(Protocol):
     ``predict_batch(images)`` returns what ``[predict(i) for i in images]`` would, in the same
     order, running photos whose model inputs share a shape as one batch. Every built-in backend
     has it; a plugin (entry point) may have only ``predict``, so callers fall back to one
-    ``predict`` per photo where it is missing (`matteforge.tasks.segment.backend_batch`).
+    ``predict`` per photo where it is missing (`matteforge.tasks.segment.predict_batch`).
     """
 
     model_id: str

@@ -157,6 +157,13 @@ class SampleOutcome:
     def composites(self) -> list[dict[str, Any]]:
         return self.stages.composites if self.stages is not None else []
 
+    def mark_duplicate(self, kept: dict[str, str]) -> None:
+        """A decoded copy of bytes that already made an ok row (``kept``: sample_id → its
+        source) becomes a ``duplicate`` row, processed no further."""
+        if self.ingest is not None and self.ingest.image is not None \
+                and self.ingest.sample_id in kept:
+            self.duplicate_of = kept[self.ingest.sample_id]
+
     @property
     def needs_stages(self) -> bool:
         """Decoded, not a duplicate, and the stages have not run yet."""
@@ -232,8 +239,8 @@ def ingest_sample(
         ingest = decode_image(data, max_pixels=cfg.ingest.max_pixels,
                               min_side=cfg.ingest.min_side, name=uri)
     outcome = SampleOutcome(uri, ingest, group=group, seconds=timer.seconds)
-    if ingest.image is not None and kept is not None and ingest.sample_id in kept:
-        outcome.duplicate_of = kept[ingest.sample_id]
+    if kept is not None:
+        outcome.mark_duplicate(kept)
     return outcome
 
 
@@ -330,15 +337,14 @@ def process_samples(
             waiting.append(SampleOutcome(source, unread=read_failure(data)))
         else:
             outcome = ingest_sample(source, data, cfg, None, group)
-            image = outcome.ingest.image if outcome.ingest is not None else None
-            if image is not None:
+            if outcome.needs_stages:
+                assert outcome.ingest is not None
                 queued = [o for o in waiting if o.needs_stages]
-                sid = outcome.ingest.sample_id if outcome.ingest is not None else ""
-                if (any(o.ingest is not None and o.ingest.sample_id == sid for o in queued)
-                        or sum(_pixels(o) for o in queued) + image.size // 3 > pixels):
+                if (any(o.ingest is not None and o.ingest.sample_id == outcome.ingest.sample_id
+                        for o in queued)
+                        or sum(map(_pixels, queued)) + _pixels(outcome) > pixels):
                     yield from flush()
-                if sid in kept:
-                    outcome.duplicate_of = kept[sid]
+                outcome.mark_duplicate(kept)  # against the rows the flush just made, too
             waiting.append(outcome)
         if sum(o.needs_stages for o in waiting) >= batch:
             yield from flush()
@@ -375,7 +381,7 @@ def _run_stages(
     done = StageResult()
     try:
         with timer("segment"), heap_reuse(image.shape[0] * image.shape[1],
-                                          cfg.run.heap_reuse):
+                                          cfg.run.heap_reuse and segmented is None):
             result = seg.predict(image) if segmented is None else segmented
         done.presence = result.presence
         threshold = cfg.segment.presence_threshold

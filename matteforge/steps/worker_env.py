@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,8 +47,10 @@ def configure_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """glibc, or None where there is none to tune (musl, macOS)."""
+    """glibc, or None where there is none to tune (musl, macOS); looked up once per process
+    (``find_library`` costs ~2 ms, and the models run once per portrait)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

@@ -201,7 +201,6 @@ class TfjsGraphModule(nn.Module):
         self._drop_unread_consts()
         self.order = self._topological_order()
         self._plans: dict[tuple[str, ...], list[_Step]] = {}
-        self.shard_files: tuple[Path, ...] = ()  # where the weights came from (load_tfjs)
 
     def _add_const(self, name: str, value: np.ndarray | Tensor) -> None:
         key = f"c{len(self._const_keys)}"
@@ -444,8 +443,4 @@ def load_tfjs(model_json: str | Path) -> TfjsGraphModule:
     if not isinstance(model, dict) or "weightsManifest" not in model:
         raise TfjsModelError(f"{path} is not a tfjs model.json (no weightsManifest)")
     weights = read_weights(model["weightsManifest"], path.parent)
-    module = TfjsGraphModule(model, weights).eval()
-    module.shard_files = tuple(
-        path.parent / p for g in model["weightsManifest"] for p in g["paths"]
-    )
-    return module
+    return TfjsGraphModule(model, weights).eval()
